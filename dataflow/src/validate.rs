@@ -1,0 +1,402 @@
+//! Decoding and validating one input message against the contract.
+//!
+//! [`decode`] applies the rules that need nothing but the message itself, in
+//! the contract's order: `malformed_json`, `schema_violation`, `wrong_topic`,
+//! `invalid_quantity`, `invalid_price`. The rules that need state
+//! (`unknown_product`, `unknown_supplier`, `conflicting_duplicate`) are applied
+//! later, in the dataflow.
+//!
+//! Numbers are read from their literal text (serde_json's `RawValue`), never
+//! through `f64`: `5.0` must be told from `5`, `5.100` from `5.10`, and a
+//! quantity beyond 64 bits must still be recognised as an integer.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::model::{ErrorCode, Event, EventDetail, EventKind, Rejection};
+
+/// Longest id the contract allows, in Unicode code points.
+pub const MAX_ID_CHARS: usize = 128;
+/// Largest quantity the contract allows.
+pub const MAX_QUANTITY: u32 = 1_000_000;
+
+/// Every field the contract names; unknown fields are ignored.
+#[derive(Deserialize)]
+struct RawFields<'a> {
+    #[serde(borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    occurred_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    product_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    quantity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    order_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    customer_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    store_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    unit_price: Option<&'a RawValue>,
+    #[serde(borrow)]
+    restock_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    supplier_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    unit_cost: Option<&'a RawValue>,
+}
+
+/// A JSON number literal, split into its parts, not yet interpreted.
+struct NumberLiteral<'a> {
+    negative: bool,
+    int: &'a str,
+    frac: Option<&'a str>,
+    has_exponent: bool,
+}
+
+fn number_literal(raw: &RawValue) -> Option<NumberLiteral<'_>> {
+    let text = raw.get();
+    let first = text.as_bytes().first()?;
+    if !(first.is_ascii_digit() || *first == b'-') {
+        return None;
+    }
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let has_exponent = rest.contains(['e', 'E']);
+    let mantissa = rest.split(['e', 'E']).next().unwrap_or(rest);
+    let (int, frac) = match mantissa.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (mantissa, None),
+    };
+    Some(NumberLiteral { negative, int, frac, has_exponent })
+}
+
+/// Why a field failed its type check (for `schema_violation` details).
+fn type_name(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+struct Checker<'a> {
+    event_id: Option<String>,
+    fields: RawFields<'a>,
+}
+
+impl<'a> Checker<'a> {
+    fn violation(&self, detail: String) -> Rejection {
+        Rejection::new(ErrorCode::SchemaViolation, detail, self.event_id.clone())
+    }
+
+    fn string(&self, name: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Rejection> {
+        let raw = raw.ok_or_else(|| self.violation(format!("field `{name}` is missing or null")))?;
+        if !raw.get().starts_with('"') {
+            return Err(self.violation(format!("field `{name}` must be a string, got {}", type_name(raw))));
+        }
+        let s: Cow<'a, str> = serde_json::from_str(raw.get())
+            .map_err(|e| self.violation(format!("field `{name}` is not a valid string: {e}")))?;
+        Ok(s)
+    }
+
+    fn id(&self, name: &str, raw: Option<&'a RawValue>) -> Result<String, Rejection> {
+        let s = self.string(name, raw)?;
+        let n = s.chars().count();
+        if n == 0 || n > MAX_ID_CHARS {
+            return Err(
+                self.violation(format!("field `{name}` must be 1..={MAX_ID_CHARS} characters, got {n}"))
+            );
+        }
+        Ok(s.into_owned())
+    }
+
+    fn number(&self, name: &str, raw: Option<&'a RawValue>) -> Result<NumberLiteral<'a>, Rejection> {
+        let raw = raw.ok_or_else(|| self.violation(format!("field `{name}` is missing or null")))?;
+        number_literal(raw)
+            .ok_or_else(|| self.violation(format!("field `{name}` must be a number, got {}", type_name(raw))))
+    }
+}
+
+/// Reads `event_id` for error reports, if it is a string of any length.
+fn peek_event_id(raw: Option<&RawValue>) -> Option<String> {
+    let raw = raw?;
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// Decodes and checks one message value that arrived on the topic for `topic_kind`.
+///
+/// `value` is `None` for a tombstone. On success the event passed every rule
+/// up to and including `invalid_price`.
+pub fn decode(topic_kind: EventKind, value: Option<&[u8]>) -> Result<Event, Rejection> {
+    let malformed = |detail: String| Rejection::new(ErrorCode::MalformedJson, detail, None);
+    let bytes = value.ok_or_else(|| malformed("value is null (tombstone)".into()))?;
+    if bytes.is_empty() {
+        return Err(malformed("value is empty".into()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| malformed(format!("value is not UTF-8: {e}")))?;
+    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    if !trimmed.starts_with('{') {
+        // Tell "valid JSON but not an object" from "not JSON" in the detail.
+        let what = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => "value is JSON but not an object".to_string(),
+            Err(e) => format!("value is not valid JSON: {e}"),
+        };
+        return Err(malformed(what));
+    }
+    let fields: RawFields<'_> = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) if e.is_data() => {
+            // Valid JSON object whose shape serde refused: a duplicated key.
+            return Err(Rejection::new(ErrorCode::SchemaViolation, format!("{e}"), None));
+        }
+        Err(e) => return Err(malformed(format!("value is not valid JSON: {e}"))),
+    };
+    let c = Checker { event_id: peek_event_id(fields.event_id), fields };
+    check(topic_kind, &c)
+}
+
+fn check(topic_kind: EventKind, c: &Checker<'_>) -> Result<Event, Rejection> {
+    let f = &c.fields;
+    // schema_violation: the common fields first, then the named type's own.
+    let event_id = c.id("event_id", f.event_id)?;
+    let event_type = c.string("event_type", f.event_type)?;
+    let occurred_text = c.string("occurred_at", f.occurred_at)?;
+    let occurred_at = DateTime::parse_from_rfc3339(&occurred_text)
+        .map_err(|e| c.violation(format!("field `occurred_at` is not an RFC 3339 timestamp: {e}")))?
+        .with_timezone(&Utc);
+    let product_id = c.id("product_id", f.product_id)?;
+    let quantity = c.number("quantity", f.quantity)?;
+    if quantity.frac.is_some() || quantity.has_exponent {
+        return Err(
+            c.violation("field `quantity` must be an integer literal (no fraction, no exponent)".into())
+        );
+    }
+    let named = EventKind::from_event_type(&event_type);
+    let detail_fields = match named {
+        Some(EventKind::OnlineOrder) => Some((
+            c.id("order_id", f.order_id)?,
+            c.id("customer_id", f.customer_id)?,
+            ("unit_price", c.number("unit_price", f.unit_price)?),
+        )),
+        Some(EventKind::StoreSale) => Some((
+            c.id("order_id", f.order_id)?,
+            c.id("store_id", f.store_id)?,
+            ("unit_price", c.number("unit_price", f.unit_price)?),
+        )),
+        Some(EventKind::SupplierRestock) => Some((
+            c.id("restock_id", f.restock_id)?,
+            c.id("supplier_id", f.supplier_id)?,
+            ("unit_cost", c.number("unit_cost", f.unit_cost)?),
+        )),
+        None => None,
+    };
+    if let Some((_, _, (name, money))) = &detail_fields
+        && money.has_exponent
+    {
+        return Err(c.violation(format!("field `{name}` must be in plain decimal notation (no exponent)")));
+    }
+
+    // wrong_topic
+    let kind = match named {
+        Some(k) if k == topic_kind => k,
+        _ => {
+            return Err(Rejection::new(
+                ErrorCode::WrongTopic,
+                format!(
+                    "field `event_type` is {event_type:?}, but topic `{}` carries {:?}",
+                    topic_kind.topic(),
+                    topic_kind.event_type()
+                ),
+                Some(event_id),
+            ));
+        }
+    };
+    let Some((ref_id, party_id, (money_name, money))) = detail_fields else {
+        unreachable!("detail fields are read whenever event_type names a kind")
+    };
+
+    // invalid_quantity
+    let out_of_range = || {
+        Rejection::new(
+            ErrorCode::InvalidQuantity,
+            format!("field `quantity` must be 1..={MAX_QUANTITY}"),
+            Some(event_id.clone()),
+        )
+    };
+    if quantity.negative {
+        return Err(out_of_range());
+    }
+    let quantity: u32 = match quantity.int.parse::<u64>() {
+        Ok(q) if (1..=u64::from(MAX_QUANTITY)).contains(&q) => q as u32,
+        _ => return Err(out_of_range()),
+    };
+
+    // invalid_price
+    let decimals = money.frac.map_or(0, str::len);
+    if decimals > 2 {
+        return Err(Rejection::new(
+            ErrorCode::InvalidPrice,
+            format!("field `{money_name}` has {decimals} decimal places; at most 2 are allowed"),
+            Some(event_id),
+        ));
+    }
+    let mut digits = String::with_capacity(money.int.len() + 3);
+    digits.push_str(money.int);
+    if let Some(frac) = money.frac {
+        digits.push('.');
+        digits.push_str(frac);
+    }
+    let amount = Decimal::from_str_exact(&digits).map_err(|_| {
+        Rejection::new(
+            ErrorCode::InvalidPrice,
+            format!("field `{money_name}` is out of range"),
+            Some(event_id.clone()),
+        )
+    })?;
+    if money.negative && !amount.is_zero() {
+        return Err(Rejection::new(
+            ErrorCode::InvalidPrice,
+            format!("field `{money_name}` is negative"),
+            Some(event_id),
+        ));
+    }
+
+    let detail = match kind {
+        EventKind::OnlineOrder => {
+            EventDetail::OnlineOrder { order_id: ref_id, customer_id: party_id, unit_price: amount }
+        }
+        EventKind::StoreSale => {
+            EventDetail::StoreSale { order_id: ref_id, store_id: party_id, unit_price: amount }
+        }
+        EventKind::SupplierRestock => {
+            EventDetail::SupplierRestock { restock_id: ref_id, supplier_id: party_id, unit_cost: amount }
+        }
+    };
+    Ok(Event { event_id, occurred_at, product_id, quantity, detail })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDER: &str = r#"{"event_id":"e1","event_type":"online_order","occurred_at":"2026-11-25T14:03:07.123Z",
+        "product_id":"P1","quantity":2,"order_id":"o1","customer_id":"c1","unit_price":5.10}"#;
+
+    fn code(kind: EventKind, v: &str) -> Option<ErrorCode> {
+        decode(kind, Some(v.as_bytes())).err().map(|r| r.code)
+    }
+
+    /// ORDER with `field` replaced by the literal JSON text `value`, or removed.
+    fn with(field: &str, value: &str) -> String {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(ORDER).expect("fixture");
+        if value == "<absent>" {
+            v.remove(field);
+            return serde_json::to_string(&v).expect("ser");
+        }
+        v.insert(field.into(), serde_json::Value::String("__X__".into()));
+        serde_json::to_string(&v).expect("ser").replace("\"__X__\"", value)
+    }
+
+    #[test]
+    fn valid_order_decodes_exactly() {
+        let e = decode(EventKind::OnlineOrder, Some(ORDER.as_bytes())).expect("valid");
+        assert_eq!(e.quantity, 2);
+        assert_eq!(e.delta(), -2);
+        assert_eq!(e.revenue(), Some(Decimal::new(1020, 2)));
+        assert_eq!(e.occurred_at.to_rfc3339(), "2026-11-25T14:03:07.123+00:00");
+    }
+
+    #[test]
+    fn byte_level_cases_are_malformed() {
+        use ErrorCode::MalformedJson as M;
+        assert_eq!(decode(EventKind::OnlineOrder, None).unwrap_err().code, M);
+        assert_eq!(decode(EventKind::OnlineOrder, Some(b"")).unwrap_err().code, M);
+        assert_eq!(decode(EventKind::OnlineOrder, Some(b"\xff\xfe{}")).unwrap_err().code, M);
+        assert_eq!(code(EventKind::OnlineOrder, "[1,2]"), Some(M));
+        assert_eq!(code(EventKind::OnlineOrder, "\"x\""), Some(M));
+        assert_eq!(code(EventKind::OnlineOrder, "{\"event_id\":"), Some(M));
+        assert_eq!(code(EventKind::OnlineOrder, "{} trailing"), Some(M));
+    }
+
+    #[test]
+    fn schema_rules() {
+        use ErrorCode::SchemaViolation as S;
+        assert_eq!(code(EventKind::OnlineOrder, &with("quantity", "5.0")), Some(S));
+        assert_eq!(code(EventKind::OnlineOrder, &with("quantity", "5e1")), Some(S));
+        assert_eq!(code(EventKind::OnlineOrder, &with("quantity", "\"5\"")), Some(S));
+        assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "\"5.00\"")), Some(S));
+        assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "5e2")), Some(S));
+        assert_eq!(code(EventKind::OnlineOrder, &with("event_id", "\"\"")), Some(S));
+        assert_eq!(
+            code(EventKind::OnlineOrder, &with("event_id", &format!("\"{}\"", "é".repeat(129)))),
+            Some(S)
+        );
+        assert_eq!(
+            code(EventKind::OnlineOrder, &with("event_id", &format!("\"{}\"", "é".repeat(128)))),
+            None
+        );
+        assert_eq!(code(EventKind::OnlineOrder, &with("customer_id", "<absent>")), Some(S));
+        assert_eq!(code(EventKind::OnlineOrder, &with("customer_id", "null")), Some(S));
+        assert_eq!(code(EventKind::OnlineOrder, &with("occurred_at", "\"2026-11-25 14:03\"")), Some(S));
+        assert_eq!(code(EventKind::OnlineOrder, &with("occurred_at", "\"2026-11-25T14:03:07\"")), Some(S));
+    }
+
+    #[test]
+    fn unknown_event_type_checks_only_common_fields_then_wrong_topic() {
+        let v = r#"{"event_id":"e","event_type":"refund","occurred_at":"2026-11-25T00:00:00Z","product_id":"P","quantity":1}"#;
+        assert_eq!(code(EventKind::OnlineOrder, v), Some(ErrorCode::WrongTopic));
+        assert_eq!(code(EventKind::StoreSale, ORDER), Some(ErrorCode::WrongTopic));
+    }
+
+    #[test]
+    fn quantity_and_price_ranges() {
+        use ErrorCode::{InvalidPrice as P, InvalidQuantity as Q};
+        assert_eq!(code(EventKind::OnlineOrder, &with("quantity", "0")), Some(Q));
+        assert_eq!(code(EventKind::OnlineOrder, &with("quantity", "-3")), Some(Q));
+        assert_eq!(code(EventKind::OnlineOrder, &with("quantity", "1000001")), Some(Q));
+        assert_eq!(code(EventKind::OnlineOrder, &with("quantity", "1000000")), None);
+        assert_eq!(
+            code(EventKind::OnlineOrder, &with("quantity", "123456789012345678901234567890")),
+            Some(Q)
+        );
+        assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "5.100")), Some(P));
+        assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "-0.01")), Some(P));
+        assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "5")), None);
+        assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "0")), None);
+    }
+
+    #[test]
+    fn content_hash_ignores_formatting_but_not_values() {
+        let a = decode(EventKind::OnlineOrder, Some(ORDER.as_bytes())).expect("valid");
+        let b = decode(
+            EventKind::OnlineOrder,
+            Some(
+                with("unit_price", "5.1")
+                    .replace("2026-11-25T14:03:07.123Z", "2026-11-25T15:03:07.123+01:00")
+                    .as_bytes(),
+            ),
+        )
+        .expect("valid");
+        assert_eq!(a.content_hash(), b.content_hash());
+        let c = decode(EventKind::OnlineOrder, Some(with("quantity", "3").as_bytes())).expect("valid");
+        assert_ne!(a.content_hash(), c.content_hash());
+        let d = decode(EventKind::OnlineOrder, Some(with("extra", "{\"x\":1}").as_bytes())).expect("valid");
+        assert_eq!(a.content_hash(), d.content_hash());
+    }
+}

