@@ -14,3 +14,7 @@ pub mod validate;
 pub use model::{
     Catalog, ErrorCode, Event, EventDetail, EventKind, Product, Rejection, SaleSource, Supplier, TopicNames,
 };
+pub mod dedup;
+pub mod graph;
+pub mod harness;
+pub mod records;

@@ -1,0 +1,185 @@
+//! Deduplication by `event_id` with bounded memory.
+//!
+//! The contract: an event id, once applied, is never applied again, however
+//! late the duplicate arrives (a week, a restart later). Keeping every id
+//! ever applied in memory would grow without bound, so each worker keeps a
+//! *horizon* in event time:
+//!
+//! - the memory holds every applied id (with its content fingerprint) whose
+//!   `occurred_at` is at or after `cutoff = newest occurred_at seen - horizon`;
+//!   for an event at or after the cutoff, memory is authoritative;
+//! - an event older than the cutoff (a late event, or a late duplicate) is
+//!   looked up in the database's applied ids (`events_log`, unique per
+//!   applied `event_id`), in one batched query per epoch, through the
+//!   [`AppliedLookup`] the driver provides; this crate never sees the
+//!   database itself;
+//! - on start, the driver loads the applied ids inside the horizon from the
+//!   database ([`DedupState::preload`]), so a restart loses nothing.
+//!
+//! Memory is thus bounded by the traffic inside the horizon, not by the
+//! number of events ever seen. Most traffic is recent, so lookups are rare.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+
+/// Looks up applied event ids older than the horizon.
+pub trait AppliedLookup {
+    /// For each of `ids` that was applied, its content fingerprint.
+    fn applied(&mut self, ids: &[String]) -> HashMap<String, u128>;
+}
+
+/// A lookup that knows nothing (in-memory runs and benchmarks).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoLookup;
+
+impl AppliedLookup for NoLookup {
+    fn applied(&mut self, _ids: &[String]) -> HashMap<String, u128> {
+        HashMap::new()
+    }
+}
+
+/// What the dedup state says about an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Never applied: apply it.
+    New,
+    /// Applied with the same content: a plain duplicate.
+    Same,
+    /// Applied with other content: a conflicting duplicate.
+    Conflict,
+}
+
+/// One worker's share of the applied ids inside the horizon.
+#[derive(Debug)]
+pub struct DedupState {
+    horizon: Duration,
+    ids: HashMap<String, (u128, DateTime<Utc>)>,
+    by_time: BTreeMap<DateTime<Utc>, Vec<String>>,
+    newest: Option<DateTime<Utc>>,
+    /// Applied ids older than the cutoff whose epoch may not be committed
+    /// yet: the database cannot answer for them, so memory must, until the
+    /// commit of their epoch is known.
+    late: HashMap<String, (u128, u64)>,
+}
+
+impl DedupState {
+    /// An empty state with the given horizon.
+    pub fn new(horizon: Duration) -> Self {
+        DedupState {
+            horizon,
+            ids: HashMap::new(),
+            by_time: BTreeMap::new(),
+            newest: None,
+            late: HashMap::new(),
+        }
+    }
+
+    /// Ids in memory.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no id is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Events before this instant are not covered by memory.
+    pub fn cutoff(&self) -> Option<DateTime<Utc>> {
+        self.newest.map(|n| n - self.horizon)
+    }
+
+    /// Whether memory alone can answer for an event at `at`.
+    pub fn covers(&self, at: DateTime<Utc>) -> bool {
+        self.cutoff().is_none_or(|c| at >= c)
+    }
+
+    /// Loads an id applied in an earlier run.
+    pub fn preload(&mut self, event_id: String, hash: u128, at: DateTime<Utc>) {
+        self.record(event_id, hash, at);
+    }
+
+    /// Answers from memory: for an event memory covers, or a late one
+    /// applied in an epoch that may not be committed yet.
+    pub fn check(&self, event_id: &str, hash: u128) -> Seen {
+        match self.ids.get(event_id).map(|(h, _)| h).or_else(|| self.late.get(event_id).map(|(h, _)| h)) {
+            None => Seen::New,
+            Some(h) if *h == hash => Seen::Same,
+            Some(_) => Seen::Conflict,
+        }
+    }
+
+    /// Remembers an event applied in `epoch` and moves the horizon.
+    pub fn record_applied(&mut self, event_id: String, hash: u128, at: DateTime<Utc>, epoch: u64) {
+        if !self.covers(at) {
+            self.late.insert(event_id, (hash, epoch));
+            return;
+        }
+        self.record(event_id, hash, at);
+    }
+
+    fn record(&mut self, event_id: String, hash: u128, at: DateTime<Utc>) {
+        if self.newest.is_none_or(|n| at > n) {
+            self.newest = Some(at);
+        }
+        if self.covers(at) {
+            self.by_time.entry(at).or_default().push(event_id.clone());
+            self.ids.insert(event_id, (hash, at));
+        }
+    }
+
+    /// Forgets late ids whose epoch is committed (the database answers for them now).
+    pub fn committed(&mut self, epoch: u64) {
+        self.late.retain(|_, (_, e)| *e > epoch);
+    }
+
+    /// Late ids waiting for their commit.
+    pub fn late_len(&self) -> usize {
+        self.late.len()
+    }
+
+    /// Forgets ids that fell behind the horizon.
+    pub fn evict(&mut self) {
+        let Some(cutoff) = self.cutoff() else { return };
+        let keep = self.by_time.split_off(&cutoff);
+        for (_, ids) in std::mem::replace(&mut self.by_time, keep) {
+            for id in ids {
+                if self.ids.get(&id).is_some_and(|(_, at)| *at < cutoff) {
+                    self.ids.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(h: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + h * 3600, 0).expect("ts")
+    }
+
+    #[test]
+    fn horizon_bounds_memory_and_says_what_it_covers() {
+        let mut d = DedupState::new(Duration::hours(24));
+        for h in 0..100 {
+            d.record_applied(format!("e{h}"), h as u128, t(h), h as u64);
+            d.evict();
+        }
+        assert!(d.len() <= 26, "{}", d.len());
+        assert_eq!(d.check("e99", 99), Seen::Same);
+        assert_eq!(d.check("e99", 98), Seen::Conflict);
+        assert!(!d.covers(t(10)));
+        assert!(d.covers(t(80)));
+        assert_eq!(d.check("e98", 98), Seen::Same);
+        // A late event is remembered until its epoch is committed.
+        d.record_applied("old".into(), 7, t(1), 500);
+        assert_eq!(d.check("old", 7), Seen::Same);
+        d.committed(499);
+        assert_eq!(d.check("old", 8), Seen::Conflict);
+        d.committed(500);
+        assert_eq!(d.check("old", 7), Seen::New);
+    }
+}

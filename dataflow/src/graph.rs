@@ -1,0 +1,372 @@
+//! The stockflow dataflow graph.
+//!
+//! ```text
+//!  raw messages ──decode──▶ exchange(event_id) ──▶ Validate ──▶ outcomes ─┐
+//!  reference updates ──broadcast────────────────────┘   │                  │
+//!                                                        │ applied          │
+//!              ┌─────────────────────────────────────────┘                  │
+//!              ├─ explode (product, delta) ── consolidate ──▶ stock deltas ─┤
+//!              ├─ explode ((day, product, source), (units, cents, 1))       │
+//!              │            ── consolidate ──▶ sales_daily deltas ──────────┤
+//!              └─ + opening stock ── count ── join reorder levels           │
+//!                         ── low-stock set changes ──────────────────────────┤
+//!                                                  exchange(0) ──▶ Commit ◀─┘
+//! ```
+//!
+//! *Validate* applies the stateful rules in the contract's order
+//! (`unknown_product`, `unknown_supplier`, then deduplication by `event_id`).
+//! It holds messages of epoch `t` until both its inputs have passed `t`, so
+//! that reference data committed up to `t` is known, and then handles the
+//! epoch's messages in position order: the outcome does not depend on how
+//! messages were spread over workers.
+//!
+//! *Commit* gathers everything of epoch `t` on worker 0 and, once the
+//! frontier has passed `t`, hands one [`EpochBatch`] to the driver, which
+//! writes it in one transaction. Stock and sales leave the dataflow as net
+//! changes per epoch (differential's diffs), so the database applies
+//! increments: a product whose stock returns to exactly 0 is written as a
+//! change of `-old`, and a product whose count vanishes (a retraction
+//! without an insertion) reads as 0 in the low-stock join.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::collection::AsCollection;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::{Broadcast, Map};
+
+use crate::dedup::{AppliedLookup, DedupState, Seen};
+use crate::model::{ErrorCode, Rejection};
+use crate::records::{Decoded, Epoch, EpochBatch, Outcome, RawMessage, RefUpdate, SalesDelta, SinkRecord};
+
+/// Settings of the graph.
+pub struct GraphConfig {
+    /// How far back in event time the dedup memory reaches.
+    pub dedup_horizon: chrono::Duration,
+    /// The last epoch the driver has committed (process-local), so that
+    /// late dedup ids can be forgotten once the database holds them.
+    pub committed_epoch: Arc<AtomicU64>,
+    /// Where the dedup state looks up ids older than the horizon.
+    pub lookup: Box<dyn AppliedLookup>,
+    /// Applied ids inside the horizon from earlier runs, for this worker.
+    pub preload: Vec<(String, u128, chrono::DateTime<chrono::Utc>)>,
+}
+
+/// Per-worker counters the driver can read (metrics).
+#[derive(Debug, Default)]
+pub struct GraphStats {
+    /// Ids in the dedup memory.
+    pub dedup_ids: AtomicU64,
+    /// Late ids waiting for their commit.
+    pub dedup_late: AtomicU64,
+    /// Look-ups of ids older than the horizon.
+    pub dedup_lookups: AtomicU64,
+}
+
+type RecordStream<'scope, D> = Stream<'scope, Epoch, Vec<D>>;
+
+/// Builds the graph; returns the stream of records for the commit, already
+/// routed to worker 0.
+pub fn build<'scope>(
+    raw: RecordStream<'scope, RawMessage>,
+    refs: RecordStream<'scope, RefUpdate>,
+    opening_stock: VecCollection<'scope, Epoch, String, i64>,
+    config: GraphConfig,
+    stats: Arc<GraphStats>,
+) -> RecordStream<'scope, (SinkRecord, Epoch)> {
+    let decoded = raw.map(Decoded::new);
+    let outcomes = validate(decoded, refs.clone(), config, stats);
+
+    let applied = outcomes.clone().flat_map(|o| match o {
+        Outcome::Applied { event, .. } => Some(event),
+        _ => None,
+    });
+    let applied = with_time(applied);
+
+    // Net stock change per product and epoch.
+    let stock_changes = applied.clone().explode(|e| Some((e.product_id.clone(), e.delta())));
+    let stock_deltas = stock_changes.clone().consolidate();
+
+    // Net sales_daily change per (day, product, source) and epoch.
+    let sales = applied
+        .inner
+        .clone()
+        .flat_map(|(e, t, d)| {
+            let source = e.kind().sale_source()?;
+            let cents = e.revenue().map(to_cents).unwrap_or_default();
+            let key = (e.day(), e.product_id.clone(), source);
+            Some((key, t, (i64::from(e.quantity) * d, cents * i128::from(d), d)))
+        })
+        .as_collection()
+        .consolidate();
+
+    // The low-stock set: products whose stock (opening + applied) is at or
+    // below their reorder level. Stock is a count keyed by product; a product
+    // absent from the count has 0.
+    let levels = reorder_levels(refs);
+    let stock = opening_stock.concat(stock_changes).count_core::<i64>();
+    let not_low = levels
+        .clone()
+        .join_map(stock, |p, level, q| (p.clone(), i64::from(*level), *q))
+        .filter(|(_, level, q)| q > level)
+        .map(|(p, level, _)| (p, level as i32));
+    let low = levels.concat(not_low.negate()).consolidate();
+
+    // Differential sends updates of several times under one capability, so
+    // each record carries its own epoch to the commit.
+    with_time(outcomes)
+        .inner
+        .map(|(o, t, _)| (SinkRecord::Outcome(o), t))
+        .concat(stock_deltas.inner.map(|(p, t, d)| (SinkRecord::Stock(p, d), t)))
+        .concat(sales.inner.map(|(key, t, (units, revenue_cents, orders))| {
+            (SinkRecord::Sales(SalesDelta { key, units, revenue_cents, orders }), t)
+        }))
+        .concat(low.inner.map(|((p, _level), t, d)| (SinkRecord::LowStock(p, d > 0), t)))
+}
+
+/// Revenue in cents; money has at most 2 decimal places by the contract.
+fn to_cents(d: Decimal) -> i128 {
+    (d * Decimal::ONE_HUNDRED).trunc().to_i128().unwrap_or_default()
+}
+
+/// A stream of records, as a differential collection at its epoch with diff 1.
+fn with_time<'scope, D: Clone + 'static>(s: RecordStream<'scope, D>) -> VecCollection<'scope, Epoch, D, i64> {
+    s.unary(Pipeline, "WithTime", |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let Some(t) = cap.least().copied() else { return };
+                let mut session = output.session(&cap);
+                for d in data.drain(..) {
+                    session.give((d, t, 1i64));
+                }
+            });
+        }
+    })
+    .as_collection()
+}
+
+/// Reorder levels as a collection `(product, level)`, from the reference updates.
+fn reorder_levels<'scope>(
+    refs: RecordStream<'scope, RefUpdate>,
+) -> VecCollection<'scope, Epoch, (String, i32), i64> {
+    refs.unary(Pipeline, "ReorderLevels", |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let Some(t) = cap.least().copied() else { return };
+                let mut session = output.session(&cap);
+                for u in data.drain(..) {
+                    match u {
+                        RefUpdate::ProductUpsert { product_id, reorder_level } => {
+                            session.give(((product_id, reorder_level), t, 1i64))
+                        }
+                        RefUpdate::ProductRemoved { product_id, reorder_level } => {
+                            session.give(((product_id, reorder_level), t, -1i64))
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    })
+    .as_collection()
+}
+
+/// The stateful rules: reference data, then deduplication.
+fn validate<'scope>(
+    decoded: RecordStream<'scope, Decoded>,
+    refs: RecordStream<'scope, RefUpdate>,
+    config: GraphConfig,
+    stats: Arc<GraphStats>,
+) -> RecordStream<'scope, Outcome> {
+    let GraphConfig { dedup_horizon, committed_epoch, mut lookup, preload } = config;
+    decoded.binary_frontier(
+        refs.broadcast(),
+        Exchange::new(|d: &Decoded| d.route()),
+        Pipeline,
+        "Validate",
+        move |_cap, _info| {
+            let mut pending: BTreeMap<Epoch, (timely::dataflow::operators::Capability<Epoch>, Vec<Decoded>)> =
+                BTreeMap::new();
+            let mut pending_refs: BTreeMap<Epoch, Vec<RefUpdate>> = BTreeMap::new();
+            let mut products: HashSet<String> = HashSet::new();
+            let mut suppliers: HashSet<String> = HashSet::new();
+            let mut dedup = DedupState::new(dedup_horizon);
+            for (id, hash, at) in preload {
+                dedup.preload(id, hash, at);
+            }
+            move |(input, frontier), (ref_input, ref_frontier), output| {
+                input.for_each(|cap, data| {
+                    let Some(t) = cap.least().copied() else { return };
+                    let entry = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
+                    entry.1.append(data);
+                });
+                ref_input.for_each(|cap, data| {
+                    let Some(t) = cap.least().copied() else { return };
+                    pending_refs.entry(t).or_default().append(data);
+                });
+                let ready = |t: &Epoch| !frontier.less_equal(t) && !ref_frontier.less_equal(t);
+                // Reference updates at or before the epoch are applied before its messages.
+                let mut times: Vec<Epoch> =
+                    pending.keys().chain(pending_refs.keys()).copied().filter(|t| ready(t)).collect();
+                times.sort_unstable();
+                times.dedup();
+                for t in times {
+                    for u in pending_refs.remove(&t).unwrap_or_default() {
+                        match u {
+                            RefUpdate::ProductUpsert { product_id, .. } => {
+                                products.insert(product_id);
+                            }
+                            RefUpdate::ProductRemoved { product_id, .. } => {
+                                products.remove(&product_id);
+                            }
+                            RefUpdate::SupplierAdded(s) => {
+                                suppliers.insert(s);
+                            }
+                            RefUpdate::SupplierRemoved(s) => {
+                                suppliers.remove(&s);
+                            }
+                        }
+                    }
+                    let Some((cap, mut batch)) = pending.remove(&t) else { continue };
+                    batch.sort_by_key(|d| d.msg.position());
+                    dedup.committed(committed_epoch.load(Ordering::Acquire));
+                    let outcomes =
+                        decide_epoch(t, batch, &products, &suppliers, &mut dedup, lookup.as_mut(), &stats);
+                    dedup.evict();
+                    stats.dedup_ids.store(dedup.len() as u64, Ordering::Relaxed);
+                    stats.dedup_late.store(dedup.late_len() as u64, Ordering::Relaxed);
+                    output.session(&cap).give_iterator(outcomes.into_iter());
+                }
+            }
+        },
+    )
+}
+
+/// Decides every message of one epoch, in position order.
+fn decide_epoch(
+    epoch: Epoch,
+    batch: Vec<Decoded>,
+    products: &HashSet<String>,
+    suppliers: &HashSet<String>,
+    dedup: &mut DedupState,
+    lookup: &mut dyn AppliedLookup,
+    stats: &GraphStats,
+) -> Vec<Outcome> {
+    // Ids older than the horizon are looked up in one batch first.
+    let old_ids: Vec<String> = batch
+        .iter()
+        .filter_map(|d| d.result.as_ref().ok())
+        .filter(|e| !dedup.covers(e.occurred_at))
+        .map(|e| e.event_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let from_db: HashMap<String, u128> = if old_ids.is_empty() {
+        HashMap::new()
+    } else {
+        stats.dedup_lookups.fetch_add(1, Ordering::Relaxed);
+        lookup.applied(&old_ids)
+    };
+    let mut out = Vec::with_capacity(batch.len());
+    for Decoded { msg, result } in batch {
+        let event = match result {
+            Ok(e) => e,
+            Err(rejection) => {
+                out.push(Outcome::Rejected { msg, rejection });
+                continue;
+            }
+        };
+        if !products.contains(&event.product_id) {
+            let rejection = Rejection::new(
+                ErrorCode::UnknownProduct,
+                format!("field `product_id`: product {:?} is not in the catalog", event.product_id),
+                Some(event.event_id.clone()),
+            );
+            out.push(Outcome::Rejected { msg, rejection });
+            continue;
+        }
+        if let Some(s) = event.supplier_id()
+            && !suppliers.contains(s)
+        {
+            let rejection = Rejection::new(
+                ErrorCode::UnknownSupplier,
+                format!("field `supplier_id`: supplier {s:?} is not known"),
+                Some(event.event_id.clone()),
+            );
+            out.push(Outcome::Rejected { msg, rejection });
+            continue;
+        }
+        let hash = event.content_hash();
+        let mut seen = dedup.check(&event.event_id, hash);
+        if seen == Seen::New
+            && let Some(h) = from_db.get(&event.event_id)
+        {
+            seen = if *h == hash { Seen::Same } else { Seen::Conflict };
+        }
+        match seen {
+            Seen::New => {
+                dedup.record_applied(event.event_id.clone(), hash, event.occurred_at, epoch);
+                out.push(Outcome::Applied { msg, event, hash });
+            }
+            Seen::Same => {
+                let RawMessage { kind, partition, offset, timestamp_ms, .. } = msg;
+                out.push(Outcome::Duplicate {
+                    msg: RawMessage { kind, partition, offset, timestamp_ms, key: None, value: None },
+                });
+            }
+            Seen::Conflict => {
+                let rejection = Rejection::new(
+                    ErrorCode::ConflictingDuplicate,
+                    format!("event_id {:?} was applied before with different content", event.event_id),
+                    Some(event.event_id.clone()),
+                );
+                out.push(Outcome::Rejected { msg, rejection });
+            }
+        }
+    }
+    out
+}
+
+/// Gathers the records of each epoch on worker 0 and calls `on_epoch` once
+/// the frontier has passed it, in epoch order. Returns nothing; attach a
+/// probe to `records` to know how far the commit has got.
+pub fn commit_sink<'scope, F>(records: RecordStream<'scope, (SinkRecord, Epoch)>, on_epoch: F)
+where
+    F: FnMut(EpochBatch) + 'static,
+{
+    let on_epoch = Rc::new(RefCell::new(on_epoch));
+    let mut stash: BTreeMap<Epoch, EpochBatch> = BTreeMap::new();
+    records.sink(Exchange::new(|_| 0), "Commit", move |(input, frontier)| {
+        input.for_each(|_cap, data| {
+            for (r, t) in data.drain(..) {
+                let batch = stash.entry(t).or_insert_with(|| EpochBatch { epoch: t, ..Default::default() });
+                match r {
+                    SinkRecord::Outcome(o) => batch.outcomes.push(o),
+                    SinkRecord::Stock(p, d) => batch.stock_deltas.push((p, d)),
+                    SinkRecord::Sales(s) => batch.sales.push(s),
+                    SinkRecord::LowStock(p, low) => batch.low_stock_changes.push((p, low)),
+                }
+            }
+        });
+        while let Some((&t, _)) = stash.first_key_value() {
+            if frontier.less_equal(&t) {
+                break;
+            }
+            let Some((_, mut batch)) = stash.pop_first() else { break };
+            batch.outcomes.sort_by_key(|o| o.msg().position());
+            batch.stock_deltas.sort();
+            batch.sales.sort_by(|a, b| a.key.cmp(&b.key));
+            batch.low_stock_changes.sort();
+            (on_epoch.borrow_mut())(batch);
+        }
+    });
+}
