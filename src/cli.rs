@@ -70,6 +70,44 @@ pub enum Command {
     Topics(TopicsArgs),
     /// Send simulated online orders, store sales and restocks.
     Produce(ProduceArgs),
+    /// The long-running stream processor.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Worker threads in this process.
+    #[arg(long, env = "STOCKFLOW_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+    /// Exit 0 once everything up to the end of every input partition is
+    /// committed and nothing new arrived for this many seconds.
+    #[arg(long, env = "STOCKFLOW_EXIT_WHEN_IDLE")]
+    pub exit_when_idle: Option<f64>,
+    /// Length of an epoch (the unit of commit) in milliseconds.
+    #[arg(long, env = "STOCKFLOW_EPOCH_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub epoch_ms: u64,
+    /// Most messages one worker reads into one epoch.
+    #[arg(long, env = "STOCKFLOW_MAX_EPOCH_MESSAGES", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_epoch_messages: u64,
+    /// How far back in event time (hours) the in-memory dedup reaches; older
+    /// ids are looked up in PostgreSQL.
+    #[arg(long, env = "STOCKFLOW_DEDUP_HORIZON_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=8760))]
+    pub dedup_horizon_hours: u32,
+    /// How often (ms) to re-read products and suppliers.
+    #[arg(long, env = "STOCKFLOW_REFERENCE_REFRESH_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub reference_refresh_ms: u64,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "STOCKFLOW_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Timely multi-process: number of processes.
+    #[arg(long, env = "STOCKFLOW_PROCESSES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub processes: u16,
+    /// Timely multi-process: this process's index (0-based; process 0 commits).
+    #[arg(long, env = "STOCKFLOW_PROCESS", default_value_t = 0)]
+    pub process: u16,
+    /// Timely multi-process: host:port of every process, comma-separated, in index order.
+    #[arg(long, env = "STOCKFLOW_HOSTS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Seed(args) => seed(g, args).await,
         Command::Topics(args) => topics(g, args).await,
         Command::Produce(args) => produce(g, args).await,
+        Command::Run(args) => crate::run::run(g, args, kafka_config(g), topic_names(g)).await,
     }
 }
 
@@ -34,7 +35,7 @@ pub fn kafka_config(g: &GlobalArgs) -> ClientConfig {
     c
 }
 
-fn topic_names(g: &GlobalArgs) -> TopicNames {
+pub fn topic_names(g: &GlobalArgs) -> TopicNames {
     TopicNames::with_prefix(g.topic_prefix.clone())
 }
 

@@ -3,6 +3,8 @@
 
 mod cli;
 mod commands;
+mod metrics;
+mod run;
 
 use std::process::ExitCode;
 

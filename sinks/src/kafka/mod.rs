@@ -1,5 +1,7 @@
-//! Kafka: topic administration (and, with the processor, the output topics).
+//! Kafka: topic administration and the output topics.
 
 mod admin;
+mod outputs;
 
 pub use admin::{METADATA_TIMEOUT, TopicOutcome, ensure_topics, fetch_partition_counts};
+pub use outputs::{MAX_DLQ_PAYLOAD, OutputMessage, OutputProducer, epoch_messages, republish_messages};

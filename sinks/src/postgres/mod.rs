@@ -1,9 +1,17 @@
-//! PostgreSQL: connecting, the schema, reference data and epoch commits.
+//! PostgreSQL: connecting, the schema, reference data, the processor's state
+//! and epoch commits.
 
 mod catalog;
+mod commit;
 mod connect;
 mod migrate;
+mod state;
 
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
+pub use commit::{CommitOutcome, StockLevel, commit_epoch, raw_text};
 pub use connect::{connect, redact_url};
 pub use migrate::migrate;
+pub use state::{
+    Reference, UnpublishedRow, applied_hashes, load_offsets, load_recent_applied, load_reference, load_stock,
+    published_epoch, set_published_epoch, unpublished_rows,
+};

@@ -1,5 +1,8 @@
-//! Kafka on the input side: writing simulated traffic to the input topics.
+//! Kafka on the input side: writing simulated traffic to the input topics,
+//! and reading them for the processor.
 
+mod intake;
 mod produce;
 
+pub use intake::{Intake, PartitionStart, ReadReport, share};
 pub use produce::{ProduceError, ProduceOptions, ProduceSummary, Target, produce};

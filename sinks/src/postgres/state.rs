@@ -1,0 +1,205 @@
+//! Reading the processor's state back from PostgreSQL: where to resume,
+//! what is applied, the reference data, and what is left to publish.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use crate::SinkError;
+
+/// The next offset to read per `(topic, partition)`.
+pub async fn load_offsets(
+    client: &Client,
+    topics: &[String],
+) -> Result<HashMap<(String, i32), i64>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT topic, kafka_partition, next_offset FROM source_offsets WHERE topic = ANY($1)",
+            &[&topics],
+        )
+        .await
+        .map_err(SinkError::pg("load offsets (has `stockflow migrate` run?)"))?;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+}
+
+/// Reference data: products with reorder level, and supplier ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reference {
+    /// `product_id -> reorder_level`.
+    pub products: HashMap<String, i32>,
+    /// Supplier ids.
+    pub suppliers: std::collections::HashSet<String>,
+}
+
+/// Reads all reference data.
+pub async fn load_reference(client: &Client) -> Result<Reference, SinkError> {
+    let products = client
+        .query("SELECT product_id, reorder_level FROM products", &[])
+        .await
+        .map_err(SinkError::pg("load products"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let suppliers = client
+        .query("SELECT supplier_id FROM suppliers", &[])
+        .await
+        .map_err(SinkError::pg("load suppliers"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Reference { products, suppliers })
+}
+
+/// Current stock per product (products without a row are absent: 0).
+pub async fn load_stock(client: &Client) -> Result<Vec<(String, i64)>, SinkError> {
+    Ok(client
+        .query("SELECT product_id, quantity_on_hand FROM inventory WHERE quantity_on_hand <> 0", &[])
+        .await
+        .map_err(SinkError::pg("load inventory"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+fn hash_of(bytes: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = bytes.len().min(16);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u128::from_be_bytes(b)
+}
+
+/// Applied events with `occurred_at` within `horizon` of the newest one:
+/// `(event_id, content_hash, occurred_at)`.
+pub async fn load_recent_applied(
+    client: &Client,
+    horizon: chrono::Duration,
+) -> Result<Vec<(String, u128, DateTime<Utc>)>, SinkError> {
+    let newest: Option<DateTime<Utc>> = client
+        .query_one("SELECT max(occurred_at) FROM events_log WHERE status = 'applied'", &[])
+        .await
+        .map_err(SinkError::pg("newest applied event"))?
+        .get(0);
+    let Some(newest) = newest else { return Ok(Vec::new()) };
+    let cutoff = newest - horizon;
+    Ok(client
+        .query(
+            "SELECT event_id, content_hash, occurred_at FROM events_log \
+             WHERE status = 'applied' AND occurred_at >= $1",
+            &[&cutoff],
+        )
+        .await
+        .map_err(SinkError::pg("load recent applied ids"))?
+        .iter()
+        .map(|r| (r.get(0), hash_of(r.get(1)), r.get(2)))
+        .collect())
+}
+
+/// Content fingerprints of those of `ids` that were applied.
+pub async fn applied_hashes(client: &Client, ids: &[String]) -> Result<HashMap<String, u128>, SinkError> {
+    Ok(client
+        .query(
+            "SELECT event_id, content_hash FROM events_log WHERE status = 'applied' AND event_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(SinkError::pg("look up applied ids"))?
+        .iter()
+        .map(|r| (r.get(0), hash_of(r.get(1))))
+        .collect())
+}
+
+/// The last epoch whose output messages were acknowledged by the broker.
+pub async fn published_epoch(client: &Client) -> Result<u64, SinkError> {
+    let row = client
+        .query_one("SELECT published_epoch FROM stream_progress WHERE id = 1", &[])
+        .await
+        .map_err(SinkError::pg("read stream_progress (has `stockflow migrate` run?)"))?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
+/// Records that every output message up to `epoch` was acknowledged.
+pub async fn set_published_epoch(client: &Client, epoch: u64) -> Result<(), SinkError> {
+    client
+        .execute(
+            "UPDATE stream_progress SET published_epoch = GREATEST(published_epoch, $1), updated_at = now()",
+            &[&(epoch as i64)],
+        )
+        .await
+        .map_err(SinkError::pg("store stream_progress"))?;
+    Ok(())
+}
+
+/// One `events_log` row of an epoch not yet published.
+#[derive(Debug, Clone)]
+pub struct UnpublishedRow {
+    /// Epoch it was committed in.
+    pub epoch: u64,
+    /// Event id (when known).
+    pub event_id: Option<String>,
+    /// Input topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// `raw_event` and whether it is base64.
+    pub raw: Option<String>,
+    /// Whether `raw` is `base64:`-encoded.
+    pub raw_is_base64: bool,
+    /// `applied` or `rejected`.
+    pub applied: bool,
+    /// Rejection code and detail.
+    pub error: Option<(String, String)>,
+    /// Applied: event type, product, delta, stock after, reorder level.
+    pub event_type: Option<String>,
+    /// Applied: product id.
+    pub product_id: Option<String>,
+    /// Applied: stock change.
+    pub delta: Option<i64>,
+    /// Applied: stock right after the commit.
+    pub quantity_after: Option<i64>,
+    /// Applied: the product's reorder level now.
+    pub reorder_level: Option<i32>,
+    /// Commit time.
+    pub processed_at: DateTime<Utc>,
+}
+
+/// Every row of the epochs after `published`, in commit order.
+pub async fn unpublished_rows(client: &Client, published: u64) -> Result<Vec<UnpublishedRow>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT e.epoch, e.event_id, e.topic, e.kafka_partition, e.kafka_offset, e.raw_event, e.raw_is_base64, \
+                    e.status = 'applied', e.error_code, e.error_detail, e.event_type, e.product_id, e.delta, \
+                    e.quantity_after, p.reorder_level, e.processed_at \
+             FROM events_log e LEFT JOIN products p USING (product_id) \
+             WHERE e.epoch > $1 ORDER BY e.epoch, e.log_id",
+            &[&(published as i64)],
+        )
+        .await
+        .map_err(SinkError::pg("read unpublished epochs"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let code: Option<String> = r.get(8);
+            let detail: Option<String> = r.get(9);
+            UnpublishedRow {
+                epoch: r.get::<_, i64>(0) as u64,
+                event_id: r.get(1),
+                topic: r.get(2),
+                partition: r.get(3),
+                offset: r.get(4),
+                raw: r.get(5),
+                raw_is_base64: r.get(6),
+                applied: r.get(7),
+                error: code.map(|c| (c, detail.unwrap_or_default())),
+                event_type: r.get(10),
+                product_id: r.get(11),
+                delta: r.get(12),
+                quantity_after: r.get(13),
+                reorder_level: r.get(14),
+                processed_at: r.get(15),
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,663 @@
+//! `stockflow run`: wires the Kafka intake, the dataflow and the committer.
+//!
+//! Start-up reads the state back from PostgreSQL (offsets, reference data,
+//! stock, the applied ids inside the dedup horizon), re-publishes the
+//! output messages of epochs committed but not acknowledged before a crash,
+//! then starts the timely workers and, in process 0, the committer thread.
+//!
+//! Each worker reads its share of the input partitions in bounded slices and
+//! stamps messages with the current epoch (a wall-clock slot of
+//! `--epoch-ms`). Worker 0 also feeds the reference data and the opening
+//! stock. The dataflow hands each complete epoch to the committer, which
+//! writes it in one transaction with the offsets and only then sends the
+//! output messages. A bounded channel between them is the backpressure.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dataflow::dedup::AppliedLookup;
+use dataflow::graph::{self, GraphConfig, GraphStats};
+use dataflow::records::{EpochBatch, Outcome, RefUpdate, route_event_id};
+use dataflow::{EventKind, TopicNames};
+use differential_dataflow::input::Input;
+use rdkafka::ClientConfig;
+use sinks::SinkError;
+use sinks::postgres::{self, CommitOutcome, Reference};
+use sources::kafka::{Intake, PartitionStart, share};
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{InputHandle, ProbeHandle};
+use tokio::runtime::Handle;
+
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::metrics::{CodeLabel, Metrics, OutcomeLabel, WhatLabel, WorkerLabel};
+
+/// Epochs a worker may have read ahead of the last commit before it pauses.
+const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+
+/// What all threads of the process share.
+struct Shared {
+    shutdown: AtomicBool,
+    committed_epoch: Arc<AtomicU64>,
+    committer_failed: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// Everything a worker needs, cloned into each.
+#[derive(Clone)]
+struct WorkerSetup {
+    database_url: String,
+    kafka: ClientConfig,
+    partitions: Vec<PartitionStart>,
+    reference: Reference,
+    stock: Vec<(String, i64)>,
+    recent_applied: Arc<Vec<(String, u128, chrono::DateTime<chrono::Utc>)>>,
+    first_epoch: u64,
+    args: WorkerArgs,
+}
+
+#[derive(Clone, Copy)]
+struct WorkerArgs {
+    epoch_ms: u64,
+    max_epoch_messages: usize,
+    exit_when_idle: Option<Duration>,
+    dedup_horizon: chrono::Duration,
+    reference_refresh: Duration,
+    commits_here: bool,
+}
+
+fn now_slot(epoch_ms: u64) -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    ms / epoch_ms
+}
+
+/// Retries `f` with exponential backoff (100 ms .. 10 s) while its error is
+/// retriable, logging and counting each wait. Permanent errors return.
+fn retry_blocking<T>(
+    metrics: &Metrics,
+    what: &'static str,
+    shutdown: Option<&AtomicBool>,
+    mut f: impl FnMut() -> Result<T, SinkError>,
+) -> Result<T, SinkError> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f() {
+            Ok(v) => {
+                metrics.waiting.get_or_create(&WhatLabel { what }).set(0);
+                return Ok(v);
+            }
+            Err(e) if e.is_retriable() => {
+                if shutdown.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    return Err(e);
+                }
+                metrics.retries.get_or_create(&WhatLabel { what }).inc();
+                metrics.waiting.get_or_create(&WhatLabel { what }).set(1);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, what, "dependency unavailable; retrying");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A PostgreSQL client used from a timely worker thread (blocking on the runtime).
+struct BlockingClient {
+    handle: Handle,
+    url: String,
+    client: Option<tokio_postgres::Client>,
+    metrics: Arc<Metrics>,
+}
+
+impl BlockingClient {
+    /// Runs `f` with a live connection, reconnecting and retrying while the
+    /// error is retriable.
+    fn with<T>(
+        &mut self,
+        what: &'static str,
+        mut f: impl FnMut(&Handle, &mut tokio_postgres::Client) -> Result<T, SinkError>,
+    ) -> Result<T, SinkError> {
+        let metrics = self.metrics.clone();
+        let handle = self.handle.clone();
+        let url = self.url.clone();
+        let slot = &mut self.client;
+        retry_blocking(&metrics, what, None, || {
+            if slot.as_ref().is_none_or(|c| c.is_closed()) {
+                *slot = Some(handle.block_on(postgres::connect(&url))?);
+            }
+            let client = slot.as_mut().ok_or_else(|| SinkError::Inconsistent("no client".into()))?;
+            let r = f(&handle, client);
+            if r.as_ref().is_err_and(SinkError::is_retriable) {
+                *slot = None;
+            }
+            r
+        })
+    }
+}
+
+/// Looks up applied ids older than the dedup horizon in `events_log`.
+struct PgLookup(BlockingClient);
+
+impl AppliedLookup for PgLookup {
+    fn applied(&mut self, ids: &[String]) -> HashMap<String, u128> {
+        match self.0.with("postgres", |h, c| h.block_on(postgres::applied_hashes(c, ids))) {
+            Ok(m) => m,
+            Err(e) => {
+                // A permanent error here means a broken schema: stop rather than guess.
+                tracing::error!(error = %e, "cannot look up applied event ids");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: TopicNames) -> Result<()> {
+    if args.processes > 1 && args.hosts.len() != usize::from(args.processes) {
+        bail!(
+            "--hosts must name {} host:port pairs (one per process), got {}",
+            args.processes,
+            args.hosts.len()
+        );
+    }
+    if args.process >= args.processes {
+        bail!("--process must be below --processes ({}), got {}", args.processes, args.process);
+    }
+    if let Some(s) = args.exit_when_idle
+        && !(s >= 0.0 && s.is_finite())
+    {
+        bail!("--exit-when-idle must be a non-negative number of seconds, got {s}");
+    }
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr, metrics.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
+
+    // State from PostgreSQL.
+    let client = postgres::connect(&g.database_url).await?;
+    let published = postgres::published_epoch(&client).await?;
+    let input_topics: Vec<String> = EventKind::ALL.iter().map(|k| topics.input(*k)).collect();
+    let offsets = postgres::load_offsets(&client, &input_topics).await?;
+    let reference = postgres::load_reference(&client).await?;
+    let stock = postgres::load_stock(&client).await?;
+    let horizon = chrono::Duration::hours(i64::from(args.dedup_horizon_hours));
+    let recent_applied = postgres::load_recent_applied(&client, horizon).await?;
+
+    // Partitions of the input topics.
+    let counts = sinks::kafka::fetch_partition_counts(&kafka, &input_topics).await?;
+    let mut partitions = Vec::new();
+    for kind in EventKind::ALL {
+        let topic = topics.input(kind);
+        let Some(n) = counts.get(&topic) else {
+            bail!("input topic {topic} does not exist (run `stockflow topics`)");
+        };
+        for partition in 0..*n {
+            let next_offset = offsets.get(&(topic.clone(), partition)).copied();
+            partitions.push(PartitionStart { kind, topic: topic.clone(), partition, next_offset });
+        }
+    }
+    tracing::info!(
+        partitions = partitions.len(),
+        resumed = offsets.len(),
+        products = reference.products.len(),
+        suppliers = reference.suppliers.len(),
+        dedup_preload = recent_applied.len(),
+        published_epoch = published,
+        workers = args.workers,
+        process = args.process,
+        processes = args.processes,
+        "starting"
+    );
+
+    let commits_here = args.process == 0;
+    if commits_here {
+        republish(&client, &kafka, &topics, published, &metrics)?;
+    }
+    drop(client);
+
+    let shared = Arc::new(Shared {
+        shutdown: AtomicBool::new(false),
+        committed_epoch: Arc::new(AtomicU64::new(published)),
+        committer_failed: AtomicBool::new(false),
+        metrics: metrics.clone(),
+    });
+    spawn_signal_handler(shared.clone());
+
+    let (tx, rx) = sync_channel::<EpochBatch>(2);
+    let committer = commits_here.then(|| {
+        let shared = shared.clone();
+        let url = g.database_url.clone();
+        let kafka = kafka.clone();
+        let topics = topics.clone();
+        let handle = Handle::current();
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || committer(rx, url, kafka, topics, shared, handle, published))
+    });
+    let committer = match committer {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => bail!("cannot start the committer thread: {e}"),
+        None => None,
+    };
+
+    let setup = WorkerSetup {
+        database_url: g.database_url.clone(),
+        kafka,
+        partitions,
+        reference,
+        stock,
+        recent_applied: Arc::new(recent_applied),
+        first_epoch: now_slot(args.epoch_ms).max(published + 1),
+        args: WorkerArgs {
+            epoch_ms: args.epoch_ms,
+            max_epoch_messages: args.max_epoch_messages as usize,
+            exit_when_idle: args.exit_when_idle.map(Duration::from_secs_f64),
+            dedup_horizon: horizon,
+            reference_refresh: Duration::from_millis(args.reference_refresh_ms),
+            commits_here,
+        },
+    };
+    let config = timely_config(args);
+    let handle = Handle::current();
+    let worker_shared = shared.clone();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let result = tokio::task::spawn_blocking(move || {
+        let tx = tx.lock().ok().and_then(|mut t| t.take());
+        let tx = std::sync::Mutex::new(tx);
+        let guards = timely::execute(config, move |worker| {
+            // Only global worker 0 commits; it takes the one sender.
+            let sender = if worker.index() == 0 { tx.lock().ok().and_then(|mut t| t.take()) } else { None };
+            run_worker(worker, setup.clone(), worker_shared.clone(), handle.clone(), sender)
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start timely workers: {e}"))?;
+        let mut first_error = None;
+        for r in guards.join() {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(format!("worker panicked: {e}"));
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(anyhow::anyhow!(e)),
+        }
+    })
+    .await
+    .context("worker threads")?;
+    if let Some(c) = committer {
+        let committed = tokio::task::spawn_blocking(move || c.join()).await.context("committer thread")?;
+        match committed {
+            Ok(r) => r?,
+            Err(_) => bail!("committer thread panicked"),
+        }
+    }
+    result?;
+    tracing::info!(last_committed_epoch = shared.committed_epoch.load(Ordering::Relaxed), "stopped");
+    Ok(())
+}
+
+fn timely_config(args: &RunArgs) -> timely::Config {
+    let threads = usize::from(args.workers);
+    let communication = if args.processes > 1 {
+        timely::CommunicationConfig::Cluster {
+            threads,
+            process: usize::from(args.process),
+            addresses: args.hosts.clone(),
+            report: false,
+            zerocopy: false,
+        }
+    } else if threads > 1 {
+        timely::CommunicationConfig::Process(threads)
+    } else {
+        timely::CommunicationConfig::Thread
+    };
+    timely::Config { communication, worker: timely::WorkerConfig::default() }
+}
+
+fn spawn_signal_handler(shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested: finishing the open epochs");
+        shared.shutdown.store(true, Ordering::SeqCst);
+    });
+}
+
+/// Re-sends the output messages of epochs committed but not acknowledged.
+fn republish(
+    client: &tokio_postgres::Client,
+    kafka: &ClientConfig,
+    topics: &TopicNames,
+    published: u64,
+    metrics: &Metrics,
+) -> Result<()> {
+    let handle = Handle::current();
+    let rows =
+        tokio::task::block_in_place(|| handle.block_on(postgres::unpublished_rows(client, published)))?;
+    let Some(last) = rows.iter().map(|r| r.epoch).max() else { return Ok(()) };
+    let messages = sinks::kafka::republish_messages(topics, &rows);
+    tracing::info!(
+        messages = messages.len(),
+        from_epoch = published + 1,
+        to_epoch = last,
+        "re-publishing outputs committed before a crash"
+    );
+    let producer = sinks::kafka::OutputProducer::new(kafka)?;
+    tokio::task::block_in_place(|| retry_blocking(metrics, "kafka", None, || producer.publish(&messages)))?;
+    tokio::task::block_in_place(|| handle.block_on(postgres::set_published_epoch(client, last)))?;
+    Ok(())
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    setup: WorkerSetup,
+    shared: Arc<Shared>,
+    handle: Handle,
+    sender: Option<SyncSender<EpochBatch>>,
+) -> Result<(), String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let args = setup.args;
+    let my_partitions = share(setup.partitions.clone(), index, peers);
+    let mut intake = Intake::new(&setup.kafka, &my_partitions).map_err(|e| format!("Kafka consumer: {e}"))?;
+    let metrics = shared.metrics.clone();
+    let stats = Arc::new(GraphStats::default());
+
+    let preload: Vec<_> = setup
+        .recent_applied
+        .iter()
+        .filter(|(id, _, _)| (route_event_id(id) % peers as u64) as usize == index)
+        .cloned()
+        .collect();
+    let lookup = PgLookup(BlockingClient {
+        handle: handle.clone(),
+        url: setup.database_url.clone(),
+        client: None,
+        metrics: metrics.clone(),
+    });
+    let mut raw = InputHandle::<u64, _>::new();
+    let mut refs = InputHandle::<u64, _>::new();
+    let probe = ProbeHandle::new();
+    let committer_gone = Arc::new(AtomicBool::new(false));
+    let sink_gone = committer_gone.clone();
+    let config = GraphConfig {
+        dedup_horizon: args.dedup_horizon,
+        committed_epoch: shared.committed_epoch.clone(),
+        lookup: Box::new(lookup),
+        preload,
+    };
+    let graph_stats = stats.clone();
+    let mut opening = worker.dataflow::<u64, _, _>(|scope| {
+        let (opening_input, opening) = scope.new_collection::<String, i64>();
+        let records = graph::build(raw.to_stream(scope), refs.to_stream(scope), opening, config, graph_stats);
+        let records = records.probe_with(&probe);
+        graph::commit_sink(records, move |batch| {
+            if let Some(tx) = &sender
+                && tx.send(batch).is_err()
+            {
+                sink_gone.store(true, Ordering::SeqCst);
+            }
+        });
+        opening_input
+    });
+
+    let mut epoch = setup.first_epoch;
+    raw.advance_to(epoch);
+    refs.advance_to(epoch);
+    opening.advance_to(epoch);
+    let mut reference = setup.reference.clone();
+    if index == 0 {
+        for (p, level) in &reference.products {
+            refs.send(RefUpdate::ProductUpsert { product_id: p.clone(), reorder_level: *level });
+        }
+        for s in &reference.suppliers {
+            refs.send(RefUpdate::SupplierAdded(s.clone()));
+        }
+        for (p, q) in &setup.stock {
+            opening.update(p.clone(), *q);
+        }
+    }
+    opening.flush();
+    let mut ref_client =
+        BlockingClient { handle, url: setup.database_url.clone(), client: None, metrics: metrics.clone() };
+    let mut last_ref_refresh = Instant::now();
+    let mut read_in_epoch = 0usize;
+    let mut last_data_epoch = 0u64;
+    let mut buf = Vec::with_capacity(4096);
+    let mut last_lag_check = Instant::now();
+    tracing::debug!(worker = index, partitions = my_partitions.len(), "worker started");
+
+    loop {
+        if shared.shutdown.load(Ordering::Relaxed) || committer_gone.load(Ordering::Relaxed) {
+            break;
+        }
+        let slot = now_slot(args.epoch_ms);
+        if slot > epoch {
+            epoch = slot;
+            raw.advance_to(epoch);
+            refs.advance_to(epoch);
+            opening.advance_to(epoch);
+            opening.flush();
+            read_in_epoch = 0;
+        }
+        if index == 0 && last_ref_refresh.elapsed() >= args.reference_refresh {
+            last_ref_refresh = Instant::now();
+            match ref_client.with("postgres", |h, c| h.block_on(postgres::load_reference(c))) {
+                Ok(fresh) => {
+                    for u in reference_changes(&reference, &fresh) {
+                        refs.send(u);
+                    }
+                    reference = fresh;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot refresh reference data"),
+            }
+        }
+        // Backpressure: pause reading while too many epochs wait for their commit.
+        let committed = shared.committed_epoch.load(Ordering::Acquire);
+        let backlog = if args.commits_here {
+            last_data_epoch.saturating_sub(committed) > MAX_EPOCHS_IN_FLIGHT * 2
+        } else {
+            probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT))
+        };
+        let budget = args.max_epoch_messages.saturating_sub(read_in_epoch).min(4096);
+        if backlog || budget == 0 {
+            worker.step_or_park(Some(Duration::from_millis(5)));
+            continue;
+        }
+        let report = intake.read(budget, Duration::from_millis(if worker.step() { 0 } else { 5 }), &mut buf);
+        if report.errors > 0 {
+            metrics.consumer_errors.inc_by(report.errors as u64);
+        }
+        if !buf.is_empty() {
+            read_in_epoch += buf.len();
+            last_data_epoch = epoch;
+            for m in buf.drain(..) {
+                raw.send(m);
+            }
+        }
+        metrics.dedup_ids.set(stats.dedup_ids.load(Ordering::Relaxed) as i64);
+        if last_lag_check.elapsed() >= Duration::from_secs(5) {
+            last_lag_check = Instant::now();
+            if let Some(lag) = intake.lag() {
+                metrics.consumer_lag_messages.get_or_create(&WorkerLabel { worker: index as u32 }).set(lag);
+            }
+        }
+        if let Some(idle) = args.exit_when_idle
+            && intake.at_end()
+            && intake.quiet_for() >= idle
+            && (!args.commits_here || shared.committed_epoch.load(Ordering::Acquire) >= last_data_epoch)
+            && !probe.less_than(&epoch)
+        {
+            tracing::info!(worker = index, "inputs idle: closing");
+            break;
+        }
+    }
+    drop(raw);
+    drop(refs);
+    drop(opening);
+    while !probe.with_frontier(|f| f.is_empty()) {
+        if committer_gone.load(Ordering::Relaxed) {
+            break;
+        }
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    if committer_gone.load(Ordering::Relaxed) || shared.committer_failed.load(Ordering::Relaxed) {
+        return Err("the committer stopped".into());
+    }
+    Ok(())
+}
+
+/// Updates that turn reference data `old` into `new`.
+fn reference_changes(old: &Reference, new: &Reference) -> Vec<RefUpdate> {
+    let mut v = Vec::new();
+    for (p, level) in &old.products {
+        if new.products.get(p) != Some(level) {
+            v.push(RefUpdate::ProductRemoved { product_id: p.clone(), reorder_level: *level });
+        }
+    }
+    for (p, level) in &new.products {
+        if old.products.get(p) != Some(level) {
+            v.push(RefUpdate::ProductUpsert { product_id: p.clone(), reorder_level: *level });
+        }
+    }
+    let old_s: &HashSet<String> = &old.suppliers;
+    v.extend(old_s.difference(&new.suppliers).map(|s| RefUpdate::SupplierRemoved(s.clone())));
+    v.extend(new.suppliers.difference(old_s).map(|s| RefUpdate::SupplierAdded(s.clone())));
+    v
+}
+
+/// The committer thread: one transaction per epoch, then the output messages.
+fn committer(
+    rx: Receiver<EpochBatch>,
+    url: String,
+    kafka: ClientConfig,
+    topics: TopicNames,
+    shared: Arc<Shared>,
+    handle: Handle,
+    mut published: u64,
+) -> Result<()> {
+    let result = committer_loop(rx, &url, &kafka, &topics, &shared, &handle, &mut published);
+    if result.is_err() {
+        shared.committer_failed.store(true, Ordering::SeqCst);
+        shared.shutdown.store(true, Ordering::SeqCst);
+    }
+    result
+}
+
+fn committer_loop(
+    rx: Receiver<EpochBatch>,
+    url: &str,
+    kafka: &ClientConfig,
+    topics: &TopicNames,
+    shared: &Shared,
+    handle: &Handle,
+    published: &mut u64,
+) -> Result<()> {
+    let metrics = shared.metrics.clone();
+    let producer = sinks::kafka::OutputProducer::new(kafka)?;
+    let mut db = BlockingClient {
+        handle: handle.clone(),
+        url: url.to_string(),
+        client: None,
+        metrics: metrics.clone(),
+    };
+    let mut low_stock: HashSet<String> = HashSet::new();
+    for batch in rx {
+        for (p, low) in &batch.low_stock_changes {
+            if *low {
+                if low_stock.insert(p.clone()) && batch.epoch > 0 {
+                    tracing::info!(product_id = %p, epoch = batch.epoch, "product is low on stock");
+                }
+            } else {
+                low_stock.remove(p);
+            }
+        }
+        metrics.low_stock_products.set(low_stock.len() as i64);
+        if batch.outcomes.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let outcome =
+            db.with("postgres", |h, c| h.block_on(postgres::commit_epoch(c, topics, &batch, *published)))?;
+        let db_ms = started.elapsed().as_secs_f64() * 1e3;
+        match outcome {
+            CommitOutcome::Committed { stock, committed_at } => {
+                let messages = sinks::kafka::epoch_messages(topics, &batch, &stock, committed_at);
+                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages))?;
+            }
+            CommitOutcome::AlreadyCommitted => {
+                tracing::warn!(
+                    epoch = batch.epoch,
+                    "epoch was already committed; re-publishing from the log"
+                );
+                let rows =
+                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_rows(c, *published)))?;
+                let messages = sinks::kafka::republish_messages(topics, &rows);
+                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages))?;
+            }
+        }
+        *published = batch.epoch;
+        shared.committed_epoch.store(batch.epoch, Ordering::Release);
+        let elapsed = started.elapsed();
+        let (mut applied, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+        let mut oldest_ts: Option<i64> = None;
+        for o in &batch.outcomes {
+            if let Some(ts) = o.msg().timestamp_ms {
+                oldest_ts = Some(oldest_ts.map_or(ts, |x: i64| x.min(ts)));
+            }
+            match o {
+                Outcome::Applied { .. } => applied += 1,
+                Outcome::Duplicate { .. } => duplicates += 1,
+                Outcome::Rejected { rejection, .. } => {
+                    rejected += 1;
+                    metrics.rejected.get_or_create(&CodeLabel { code: rejection.code.as_str() }).inc();
+                }
+            }
+        }
+        let lag_s = oldest_ts
+            .map(|ts| (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3)
+            .unwrap_or_default();
+        metrics.messages.get_or_create(&OutcomeLabel { outcome: "applied" }).inc_by(applied);
+        metrics.messages.get_or_create(&OutcomeLabel { outcome: "duplicate" }).inc_by(duplicates);
+        metrics.messages.get_or_create(&OutcomeLabel { outcome: "rejected" }).inc_by(rejected);
+        metrics.epochs_committed.inc();
+        metrics.commit_seconds.observe(elapsed.as_secs_f64());
+        metrics.lag_seconds.set(lag_s);
+        metrics.last_committed_epoch.set(batch.epoch as i64);
+        tracing::info!(
+            epoch = batch.epoch,
+            events_in = batch.outcomes.len(),
+            applied,
+            duplicates,
+            rejected,
+            commit_ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
+            db_ms = format!("{db_ms:.1}"),
+            lag_s = format!("{lag_s:.3}"),
+            "epoch committed"
+        );
+    }
+    // Everything sent so far is acknowledged: say so, so a restart does not re-send it.
+    db.with("postgres", |h, c| h.block_on(postgres::set_published_epoch(c, *published)))?;
+    Ok(())
+}
