@@ -445,7 +445,7 @@ fn run_worker(
     let mut read_in_epoch = 0usize;
     let mut last_data_epoch = 0u64;
     let mut buf = Vec::with_capacity(4096);
-    let mut last_lag_check = Instant::now();
+    let mut last_lag_check = Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now);
     tracing::debug!(worker = index, partitions = my_partitions.len(), "worker started");
 
     loop {
@@ -504,10 +504,10 @@ fn run_worker(
             }
         }
         if let Some(idle) = args.exit_when_idle
-            && intake.at_end()
             && intake.quiet_for() >= idle
             && (!args.commits_here || shared.committed_epoch.load(Ordering::Acquire) >= last_data_epoch)
             && !probe.less_than(&epoch)
+            && intake.at_end()
         {
             tracing::info!(worker = index, "inputs idle: closing");
             break;

@@ -48,7 +48,7 @@ async fn er_diagram_matches_the_migrated_schema() {
         match t {
             "int4" => "integer",
             "int8" => "bigint",
-        "bool" => "boolean",
+            "bool" => "boolean",
             other => other,
         }
         .to_string()

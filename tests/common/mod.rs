@@ -158,3 +158,80 @@ impl Drop for TestEnv {
         .join();
     }
 }
+
+/// A message to send: topic (without prefix), key, value.
+pub type Outgoing<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Sends `(topic, key, value)` messages (topic names without the env's
+/// prefix) and waits until the broker has them all.
+pub fn send_raw(env: &TestEnv, messages: &[Outgoing<'_>]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    for (topic, key, value) in messages {
+        let topic = env.topic(topic);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic);
+        if let Some(k) = key {
+            record = record.key(*k);
+        }
+        if let Some(v) = value {
+            record = record.payload(*v);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+impl TestEnv {
+    /// `migrate`, `seed`, `topics` with `partitions`.
+    pub fn prepare(&self, products: u32, partitions: u32) {
+        self.ok(&["migrate"]);
+        self.ok(&["seed", "--products", &products.to_string(), "--suppliers", "10"]);
+        self.ok(&["topics", "--partitions", &partitions.to_string()]);
+    }
+
+    /// `stockflow run --exit-when-idle 1` with fast epochs, plus `extra` args.
+    pub fn run_to_idle(&self, extra: &[&str]) -> Output {
+        let mut args =
+            vec!["run", "--exit-when-idle", "1", "--epoch-ms", "50", "--reference-refresh-ms", "200"];
+        args.extend_from_slice(extra);
+        let out = self.stockflow(&args);
+        assert!(
+            out.status.success(),
+            "stockflow run failed ({:?}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The rows of `query`, each as text joined by `|` (for comparisons).
+    pub async fn rows(&self, query: &str) -> Vec<String> {
+        let client = self.client().await;
+        let wrapped = format!(
+            "SELECT concat_ws('|', VARIADIC ARRAY(SELECT x::text FROM json_each_text(row_to_json(q)) AS j(k, x))) FROM ({query}) q"
+        );
+        client
+            .query(&wrapped, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+            .collect()
+    }
+
+    /// One integer.
+    pub async fn count(&self, query: &str) -> i64 {
+        let client = self.client().await;
+        client.query_one(query, &[]).await.unwrap().get::<_, i64>(0)
+    }
+
+    /// Every record of one of the env's topics (unprefixed name).
+    pub fn read_topic(&self, topic: &str, expected: usize) -> Vec<Record> {
+        consume_all(&[self.topic(topic)], expected, Duration::from_secs(30))
+    }
+}

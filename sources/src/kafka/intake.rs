@@ -60,6 +60,9 @@ pub struct Intake {
     consumer: BaseConsumer<IntakeContext>,
     kinds: HashMap<String, EventKind>,
     at_eof: HashMap<(String, i32), bool>,
+    /// Next offset to read per partition, as far as this consumer knows
+    /// (`None`: from the earliest, nothing read yet).
+    next: HashMap<(String, i32), Option<i64>>,
     last_message: Instant,
     last_error_log: Option<Instant>,
 }
@@ -90,6 +93,7 @@ impl Intake {
             consumer,
             kinds: partitions.iter().map(|p| (p.topic.clone(), p.kind)).collect(),
             at_eof: partitions.iter().map(|p| ((p.topic.clone(), p.partition), false)).collect(),
+            next: partitions.iter().map(|p| ((p.topic.clone(), p.partition), p.next_offset)).collect(),
             last_message: Instant::now(),
             last_error_log: None,
         })
@@ -109,9 +113,11 @@ impl Intake {
                 Some(Ok(m)) => {
                     timeout = Duration::ZERO;
                     let Some(kind) = self.kinds.get(m.topic()).copied() else { continue };
-                    if let Some(eof) = self.at_eof.get_mut(&(m.topic().to_string(), m.partition())) {
+                    let tp = (m.topic().to_string(), m.partition());
+                    if let Some(eof) = self.at_eof.get_mut(&tp) {
                         *eof = false;
                     }
+                    self.next.insert(tp, Some(m.offset() + 1));
                     self.last_message = Instant::now();
                     out.push(RawMessage {
                         kind,
@@ -151,10 +157,22 @@ impl Intake {
     }
 
     /// Whether every assigned partition reported its end since its last
-    /// message (the broker's view, which may be early: callers also wait
-    /// for quiet time).
+    /// message, confirmed by asking the broker for each partition's high
+    /// watermark (blocking). End-of-partition notices name only the
+    /// partition number, so they alone cannot tell topics apart; and some
+    /// brokers under-report the high watermark, so callers also wait for
+    /// quiet time.
     pub fn at_end(&self) -> bool {
-        self.at_eof.values().all(|e| *e)
+        if !self.at_eof.values().all(|e| *e) {
+            return false;
+        }
+        self.next.iter().all(|((topic, partition), next)| {
+            let Ok((low, high)) = self.consumer.fetch_watermarks(topic, *partition, Duration::from_secs(2))
+            else {
+                return false;
+            };
+            next.unwrap_or(low) >= high
+        })
     }
 
     /// Time since the last message.
