@@ -110,6 +110,16 @@ pub struct Record {
 /// assignment, no consumer group) until `expected` records arrived or
 /// `timeout` passed. Never trusts the high watermark.
 pub fn consume_all(topics: &[String], expected: usize, timeout: Duration) -> Vec<Record> {
+    consume(topics, expected, timeout, None)
+}
+
+/// Reads every partition of `topics` from the beginning until nothing new
+/// arrived for `quiet` (or `timeout` passed).
+pub fn consume_until_quiet(topics: &[String], quiet: Duration, timeout: Duration) -> Vec<Record> {
+    consume(topics, usize::MAX, timeout, Some(quiet))
+}
+
+fn consume(topics: &[String], expected: usize, timeout: Duration, quiet: Option<Duration>) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("test"))
@@ -127,8 +137,13 @@ pub fn consume_all(topics: &[String], expected: usize, timeout: Duration) -> Vec
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
+    let mut last = Instant::now();
     while out.len() < expected && Instant::now() < deadline {
+        if quiet.is_some_and(|q| last.elapsed() >= q) {
+            break;
+        }
         if let Some(r) = consumer.poll(Duration::from_millis(200)) {
+            last = Instant::now();
             let m = r.unwrap();
             out.push(Record {
                 topic: m.topic().to_string(),
