@@ -3,7 +3,12 @@
 # installs what is missing, starts PostgreSQL and the Kafka-API broker on
 # loopback, builds stockflow, creates the schema, catalog and topics,
 # produces a day of simulated traffic (with duplicates and bad messages),
-# and shows what landed.
+# runs the stream processor until it has committed everything, shows what
+# happened, and runs the Airflow daily report for that day.
+#
+#   DEMO_EVENTS=20000     how many messages to produce
+#   DEMO_DAY=YYYY-MM-DD   the day the traffic happens on (default: yesterday, UTC)
+#   DEMO_SKIP_AIRFLOW=1   skip the Airflow report (it installs Airflow into .venv/airflow on first use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +16,7 @@ EVENTS="${DEMO_EVENTS:-20000}"
 DAY="${DEMO_DAY:-$(date -u -d yesterday +%F)}"
 
 need=()
-for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config zlib1g-dev; do
+for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config zlib1g-dev postgresql-client; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -24,20 +29,44 @@ scripts/services.sh up >/dev/null
 eval "$(scripts/services.sh env)"
 export DATABASE_URL KAFKA_BROKERS
 
-echo "demo: building stockflow (release)"
+echo "demo: building stockflow (release; the first build takes a few minutes)"
 cargo build --release --locked --quiet --bin stockflow
 sf=target/release/stockflow
 
 $sf migrate
 $sf seed --products 500 --suppliers 40
 $sf topics --partitions 3
-echo "demo: producing $EVENTS events for $DAY (1% duplicates, 1% invalid)"
-$sf produce --count "$EVENTS" --start "$DAY" --days 1 --duplicate-ratio 0.01 --invalid-ratio 0.01
+echo "demo: producing $EVENTS events on $DAY (2% exact duplicates, 1% invalid: every rejection code)"
+$sf produce --count "$EVENTS" --start "$DAY" --days 1 --duplicate-ratio 0.02 --invalid-ratio 0.01
+echo "demo: stockflow run --workers 2 --exit-when-idle 2"
+RUST_LOG="${RUST_LOG:-warn,stockflow::run=info}" $sf run --workers 2 --exit-when-idle 2
 
 psql -X -q "$DATABASE_URL" <<'SQL'
+\pset footer off
 \echo
-\echo 'catalog:'
-SELECT (SELECT count(*) FROM products) AS products,
-       (SELECT count(*) FROM suppliers) AS suppliers,
-       (SELECT sum(quantity_on_hand) FROM inventory) AS units_on_hand;
+\echo '== what happened to every message'
+SELECT status, coalesce(error_code, '-') AS code, count(*) AS messages
+FROM events_log GROUP BY 1, 2 ORDER BY 1, 2;
+\echo '== stock of the ten best sellers'
+SELECT p.product_id, p.name, i.quantity_on_hand, p.reorder_level, s.units AS units_sold
+FROM (SELECT product_id, sum(units) AS units FROM sales_daily GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10) s
+JOIN products p USING (product_id) JOIN inventory i USING (product_id)
+ORDER BY s.units DESC, p.product_id;
+\echo '== low stock (quantity_on_hand <= reorder_level), first 15'
+SELECT product_id, name, quantity_on_hand, reorder_level FROM low_stock ORDER BY product_id LIMIT 15;
+SELECT count(*) AS low_stock_products FROM low_stock;
+\echo '== dead-letter records by code'
+SELECT error_code AS code, count(*) FROM events_log WHERE status = 'rejected' GROUP BY 1 ORDER BY 1;
+\echo '== sales per day and channel'
+SELECT day, source, sum(units) AS units, sum(revenue) AS revenue, sum(order_count) AS orders
+FROM sales_daily GROUP BY 1, 2 ORDER BY 1, 2;
+\echo '== reconciliation: opening stock + applied events = stock on hand'
+SELECT count(*) FILTER (WHERE balanced) AS balanced, count(*) FILTER (WHERE NOT balanced) AS unbalanced
+FROM inventory_reconciliation;
 SQL
+
+if [ "${DEMO_SKIP_AIRFLOW:-0}" != 1 ]; then
+    echo
+    echo "demo: Airflow daily report for $DAY (installs Airflow into .venv/airflow on first use)"
+    scripts/airflow.sh report "$DAY"
+fi

@@ -13,8 +13,13 @@ echo "test: cargo fmt --check"
 cargo fmt --all --check
 echo "test: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "test: cargo nextest"
-cargo nextest run --workspace --locked --no-fail-fast
+if cargo nextest --version >/dev/null 2>&1; then
+    echo "test: cargo nextest"
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    echo "test: cargo test (cargo-nextest not installed)"
+    cargo test --workspace --locked --no-fail-fast
+fi
 
 echo "test: docker-compose.yml against the Compose JSON Schema"
 if [ ! -x .venv/tools/bin/python ]; then

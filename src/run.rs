@@ -497,11 +497,12 @@ fn run_worker(
             }
         }
         metrics.dedup_ids.set(stats.dedup_ids.load(Ordering::Relaxed) as i64);
-        if last_lag_check.elapsed() >= Duration::from_secs(5) {
+        if last_lag_check.elapsed() >= Duration::from_secs(1) {
             last_lag_check = Instant::now();
-            if let Some(lag) = intake.lag() {
-                metrics.consumer_lag_messages.get_or_create(&WorkerLabel { worker: index as u32 }).set(lag);
-            }
+            metrics
+                .consumer_lag_messages
+                .get_or_create(&WorkerLabel { worker: index as u32 })
+                .set(intake.lag());
         }
         if let Some(idle) = args.exit_when_idle
             && intake.quiet_for() >= idle

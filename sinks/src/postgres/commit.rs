@@ -186,6 +186,21 @@ pub async fn commit_epoch(
     )
     .await
     .map_err(SinkError::pg("store progress"))?;
+    let (mut applied, mut duplicates, mut rejected) = (0i32, 0i32, 0i32);
+    for o in &batch.outcomes {
+        match o {
+            Outcome::Applied { .. } => applied += 1,
+            Outcome::Duplicate { .. } => duplicates += 1,
+            Outcome::Rejected { .. } => rejected += 1,
+        }
+    }
+    tx.execute(
+        "INSERT INTO epochs (epoch, messages, applied, duplicates, rejected, started_at, committed_at) \
+         VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp())",
+        &[&(batch.epoch as i64), &(batch.outcomes.len() as i32), &applied, &duplicates, &rejected],
+    )
+    .await
+    .map_err(SinkError::pg("record epoch"))?;
     tx.commit().await.map_err(SinkError::pg("commit"))?;
     Ok(CommitOutcome::Committed { stock, committed_at })
 }

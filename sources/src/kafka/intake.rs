@@ -43,11 +43,30 @@ pub struct ReadReport {
 
 /// Client context that keeps end-of-partition notices out of the error log
 /// (librdkafka reports them as "global errors"; they are routine here).
-pub struct IntakeContext;
+/// Also keeps the watermarks librdkafka reports in its statistics (once a
+/// second), so that lag and end-of-input checks need no broker round trip.
+#[derive(Default)]
+pub struct IntakeContext {
+    watermarks: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
+}
 
 impl ClientContext for IntakeContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Ok(mut w) = self.watermarks.lock() {
+            for (topic, t) in statistics.topics {
+                for (partition, p) in t.partitions {
+                    if partition >= 0 && p.hi_offset >= 0 {
+                        w.insert((topic.clone(), partition), (p.lo_offset.max(0), p.hi_offset));
+                    }
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::warn!(error = %error, reason, "Kafka client error");
         }
     }
@@ -76,11 +95,12 @@ impl Intake {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "1000");
         for (k, v) in base.config_map().iter() {
             config.set(*k, *v);
         }
-        let consumer: BaseConsumer<IntakeContext> = config.create_with_context(IntakeContext)?;
+        let consumer: BaseConsumer<IntakeContext> = config.create_with_context(IntakeContext::default())?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             let offset = p.next_offset.map_or(Offset::Beginning, Offset::Offset);
@@ -157,8 +177,8 @@ impl Intake {
     }
 
     /// Whether every assigned partition reported its end since its last
-    /// message, confirmed by asking the broker for each partition's high
-    /// watermark (blocking). End-of-partition notices name only the
+    /// message, confirmed against each partition's high watermark from
+    /// librdkafka's statistics (at most a second old). End-of-partition notices name only the
     /// partition number, so they alone cannot tell topics apart; and some
     /// brokers under-report the high watermark, so callers also wait for
     /// quiet time.
@@ -181,19 +201,18 @@ impl Intake {
     }
 
     /// Messages behind the high watermarks, summed over the assigned
-    /// partitions (blocking: asks the brokers). Brokers that under-report
-    /// the high watermark make this an under-estimate.
-    pub fn lag(&self) -> Option<i64> {
-        let position = self.consumer.position().ok()?;
-        let mut lag = 0;
-        for e in position.elements() {
-            let (_, high) =
-                self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)).ok()?;
-            if let Offset::Offset(p) = e.offset() {
-                lag += (high - p).max(0);
-            }
-        }
-        Some(lag)
+    /// partitions, from the watermarks in librdkafka's statistics (at most a
+    /// second old; no broker round trip). Brokers that under-report the high watermark make
+    /// this an under-estimate.
+    pub fn lag(&self) -> i64 {
+        let Ok(w) = self.consumer.context().watermarks.lock() else { return 0 };
+        self.next
+            .iter()
+            .filter_map(|(tp, next)| {
+                let (low, high) = w.get(tp)?;
+                Some((high - next.unwrap_or(*low)).max(0))
+            })
+            .sum()
     }
 
     /// Number of assigned partitions.
