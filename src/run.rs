@@ -461,16 +461,27 @@ fn run_worker(
             opening.flush();
             read_in_epoch = 0;
         }
-        if index == 0 && last_ref_refresh.elapsed() >= args.reference_refresh {
+        if last_ref_refresh.elapsed() >= args.reference_refresh {
             last_ref_refresh = Instant::now();
-            match ref_client.with("postgres", |h, c| h.block_on(postgres::load_reference(c))) {
-                Ok(fresh) => {
-                    for u in reference_changes(&reference, &fresh) {
-                        refs.send(u);
-                    }
-                    reference = fresh;
+            if !args.commits_here {
+                // Other processes learn commit progress from the database, so
+                // that their dedup memory can let go of committed late ids.
+                if let Ok(e) =
+                    ref_client.with("postgres", |h, c| h.block_on(postgres::last_committed_epoch(c)))
+                {
+                    shared.committed_epoch.fetch_max(e, Ordering::AcqRel);
                 }
-                Err(e) => tracing::error!(error = %e, "cannot refresh reference data"),
+            }
+            if index == 0 {
+                match ref_client.with("postgres", |h, c| h.block_on(postgres::load_reference(c))) {
+                    Ok(fresh) => {
+                        for u in reference_changes(&reference, &fresh) {
+                            refs.send(u);
+                        }
+                        reference = fresh;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot refresh reference data"),
+                }
             }
         }
         // Backpressure: pause reading while too many epochs wait for their commit.
@@ -576,7 +587,44 @@ fn committer_loop(
     published: &mut u64,
 ) -> Result<()> {
     let metrics = shared.metrics.clone();
+    // Output messages go out on their own thread, in commit order, while the
+    // next epoch commits; it records the last epoch the broker acknowledged.
+    let acknowledged = Arc::new(AtomicU64::new(*published));
+    let (out_tx, out_rx) = sync_channel::<(u64, Vec<sinks::kafka::OutputMessage>)>(2);
     let producer = sinks::kafka::OutputProducer::new(kafka)?;
+    let publisher = {
+        let acknowledged = acknowledged.clone();
+        let metrics = metrics.clone();
+        std::thread::Builder::new().name("publisher".into()).spawn(move || -> Result<(), SinkError> {
+            for (epoch, messages) in out_rx {
+                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages))?;
+                acknowledged.fetch_max(epoch, Ordering::AcqRel);
+            }
+            Ok(())
+        })?
+    };
+    let result = commit_epochs(rx, topics, shared, handle, url, &acknowledged, &out_tx);
+    drop(out_tx);
+    let published_ok = publisher.join().map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
+    result?;
+    published_ok?;
+    *published = acknowledged.load(Ordering::Acquire);
+    // Everything sent so far is acknowledged: say so, so a restart does not re-send it.
+    let mut db = BlockingClient { handle: handle.clone(), url: url.to_string(), client: None, metrics };
+    db.with("postgres", |h, c| h.block_on(postgres::set_published_epoch(c, *published)))?;
+    Ok(())
+}
+
+fn commit_epochs(
+    rx: Receiver<EpochBatch>,
+    topics: &TopicNames,
+    shared: &Shared,
+    handle: &Handle,
+    url: &str,
+    acknowledged: &AtomicU64,
+    out_tx: &SyncSender<(u64, Vec<sinks::kafka::OutputMessage>)>,
+) -> Result<()> {
+    let metrics = shared.metrics.clone();
     let mut db = BlockingClient {
         handle: handle.clone(),
         url: url.to_string(),
@@ -599,13 +647,13 @@ fn committer_loop(
             continue;
         }
         let started = Instant::now();
+        let published = acknowledged.load(Ordering::Acquire);
         let outcome =
-            db.with("postgres", |h, c| h.block_on(postgres::commit_epoch(c, topics, &batch, *published)))?;
+            db.with("postgres", |h, c| h.block_on(postgres::commit_epoch(c, topics, &batch, published)))?;
         let db_ms = started.elapsed().as_secs_f64() * 1e3;
-        match outcome {
+        let messages = match outcome {
             CommitOutcome::Committed { stock, committed_at } => {
-                let messages = sinks::kafka::epoch_messages(topics, &batch, &stock, committed_at);
-                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages))?;
+                sinks::kafka::epoch_messages(topics, &batch, &stock, committed_at)
             }
             CommitOutcome::AlreadyCommitted => {
                 tracing::warn!(
@@ -613,12 +661,13 @@ fn committer_loop(
                     "epoch was already committed; re-publishing from the log"
                 );
                 let rows =
-                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_rows(c, *published)))?;
-                let messages = sinks::kafka::republish_messages(topics, &rows);
-                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages))?;
+                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_rows(c, published)))?;
+                sinks::kafka::republish_messages(topics, &rows)
             }
+        };
+        if out_tx.send((batch.epoch, messages)).is_err() {
+            bail!("the publisher thread stopped");
         }
-        *published = batch.epoch;
         shared.committed_epoch.store(batch.epoch, Ordering::Release);
         let elapsed = started.elapsed();
         let (mut applied, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
@@ -658,7 +707,5 @@ fn committer_loop(
             "epoch committed"
         );
     }
-    // Everything sent so far is acknowledged: say so, so a restart does not re-send it.
-    db.with("postgres", |h, c| h.block_on(postgres::set_published_epoch(c, *published)))?;
     Ok(())
 }

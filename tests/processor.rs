@@ -374,3 +374,34 @@ fn run_reports_a_missing_topic_in_one_line() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn dedup_beyond_a_short_horizon_over_many_epochs() {
+    // Five days of traffic, a one-hour dedup horizon and small epochs: ids
+    // leave memory before their epoch commits, late events are looked up in
+    // PostgreSQL, and still nothing is applied twice.
+    let env = TestEnv::new("horizon").await;
+    env.prepare(60, 3);
+    let out = env.stockflow(&[
+        "produce",
+        "--count",
+        "8000",
+        "--seed",
+        "31",
+        "--days",
+        "5",
+        "--duplicate-ratio",
+        "0.08",
+        "--quiet",
+    ]);
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stderr).to_string();
+    let valid: i64 = summary.split(" (").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    env.run_to_idle(&["--dedup-horizon-hours", "1", "--max-epoch-messages", "300"]);
+    assert_eq!(env.count("SELECT count(*) FROM events_log WHERE status = 'applied'").await, valid);
+    // A replay of everything after a restart, with the same short horizon.
+    env.client().await.batch_execute("DELETE FROM source_offsets").await.unwrap();
+    env.run_to_idle(&["--dedup-horizon-hours", "1", "--max-epoch-messages", "300"]);
+    assert_eq!(env.count("SELECT count(*) FROM events_log WHERE status = 'applied'").await, valid);
+    assert_eq!(env.count("SELECT count(*) FROM inventory_reconciliation WHERE NOT balanced").await, 0);
+}

@@ -54,7 +54,8 @@ pub enum Seen {
 #[derive(Debug)]
 pub struct DedupState {
     horizon: Duration,
-    ids: HashMap<String, (u128, DateTime<Utc>)>,
+    /// id -> (fingerprint, occurred_at, epoch applied in; 0 = an earlier run).
+    ids: HashMap<String, (u128, DateTime<Utc>, u64)>,
     by_time: BTreeMap<DateTime<Utc>, Vec<String>>,
     newest: Option<DateTime<Utc>>,
     /// Applied ids older than the cutoff whose epoch may not be committed
@@ -97,13 +98,13 @@ impl DedupState {
 
     /// Loads an id applied in an earlier run.
     pub fn preload(&mut self, event_id: String, hash: u128, at: DateTime<Utc>) {
-        self.record(event_id, hash, at);
+        self.record(event_id, hash, at, 0);
     }
 
     /// Answers from memory: for an event memory covers, or a late one
     /// applied in an epoch that may not be committed yet.
     pub fn check(&self, event_id: &str, hash: u128) -> Seen {
-        match self.ids.get(event_id).map(|(h, _)| h).or_else(|| self.late.get(event_id).map(|(h, _)| h)) {
+        match self.ids.get(event_id).map(|(h, _, _)| h).or_else(|| self.late.get(event_id).map(|(h, _)| h)) {
             None => Seen::New,
             Some(h) if *h == hash => Seen::Same,
             Some(_) => Seen::Conflict,
@@ -116,16 +117,18 @@ impl DedupState {
             self.late.insert(event_id, (hash, epoch));
             return;
         }
-        self.record(event_id, hash, at);
+        self.record(event_id, hash, at, epoch);
     }
 
-    fn record(&mut self, event_id: String, hash: u128, at: DateTime<Utc>) {
+    fn record(&mut self, event_id: String, hash: u128, at: DateTime<Utc>, epoch: u64) {
         if self.newest.is_none_or(|n| at > n) {
             self.newest = Some(at);
         }
         if self.covers(at) {
             self.by_time.entry(at).or_default().push(event_id.clone());
-            self.ids.insert(event_id, (hash, at));
+            self.ids.insert(event_id, (hash, at, epoch));
+        } else if epoch > 0 {
+            self.late.insert(event_id, (hash, epoch));
         }
     }
 
@@ -139,14 +142,19 @@ impl DedupState {
         self.late.len()
     }
 
-    /// Forgets ids that fell behind the horizon.
-    pub fn evict(&mut self) {
+    /// Forgets ids that fell behind the horizon, except those applied in an
+    /// epoch not yet known to be committed (the database cannot answer for
+    /// them yet): those wait in the late map for [`DedupState::committed`].
+    pub fn evict(&mut self, committed_epoch: u64) {
         let Some(cutoff) = self.cutoff() else { return };
         let keep = self.by_time.split_off(&cutoff);
         for (_, ids) in std::mem::replace(&mut self.by_time, keep) {
             for id in ids {
-                if self.ids.get(&id).is_some_and(|(_, at)| *at < cutoff) {
-                    self.ids.remove(&id);
+                if self.ids.get(&id).is_some_and(|(_, at, _)| *at < cutoff)
+                    && let Some((hash, _, epoch)) = self.ids.remove(&id)
+                    && epoch > committed_epoch
+                {
+                    self.late.insert(id, (hash, epoch));
                 }
             }
         }
@@ -165,8 +173,8 @@ mod tests {
     fn horizon_bounds_memory_and_says_what_it_covers() {
         let mut d = DedupState::new(Duration::hours(24));
         for h in 0..100 {
-            d.record_applied(format!("e{h}"), h as u128, t(h), h as u64);
-            d.evict();
+            d.record_applied(format!("e{h}"), h as u128, t(h), h as u64 + 1);
+            d.evict(h as u64 + 1);
         }
         assert!(d.len() <= 26, "{}", d.len());
         assert_eq!(d.check("e99", 99), Seen::Same);
@@ -174,6 +182,14 @@ mod tests {
         assert!(!d.covers(t(10)));
         assert!(d.covers(t(80)));
         assert_eq!(d.check("e98", 98), Seen::Same);
+        // An id that leaves the horizon before its epoch is committed stays.
+        d.record_applied("fresh".into(), 5, t(99), 1000);
+        d.record_applied("newer".into(), 6, t(200), 1001);
+        d.evict(999);
+        assert!(!d.covers(t(99)));
+        assert_eq!(d.check("fresh", 5), Seen::Same, "not committed yet: memory must answer");
+        d.committed(1000);
+        assert_eq!(d.check("fresh", 5), Seen::New, "committed: the database answers now");
         // A late event is remembered until its epoch is committed.
         d.record_applied("old".into(), 7, t(1), 500);
         assert_eq!(d.check("old", 7), Seen::Same);

@@ -238,10 +238,11 @@ fn validate<'scope>(
                     }
                     let Some((cap, mut batch)) = pending.remove(&t) else { continue };
                     batch.sort_by_key(|d| d.msg.position());
-                    dedup.committed(committed_epoch.load(Ordering::Acquire));
+                    let committed = committed_epoch.load(Ordering::Acquire);
+                    dedup.committed(committed);
                     let outcomes =
                         decide_epoch(t, batch, &products, &suppliers, &mut dedup, lookup.as_mut(), &stats);
-                    dedup.evict();
+                    dedup.evict(committed);
                     stats.dedup_ids.store(dedup.len() as u64, Ordering::Relaxed);
                     stats.dedup_late.store(dedup.late_len() as u64, Ordering::Relaxed);
                     output.session(&cap).give_iterator(outcomes.into_iter());

@@ -118,6 +118,15 @@ pub async fn published_epoch(client: &Client) -> Result<u64, SinkError> {
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
+/// The newest committed epoch (0 when none).
+pub async fn last_committed_epoch(client: &Client) -> Result<u64, SinkError> {
+    let row = client
+        .query_one("SELECT coalesce(max(epoch), 0) FROM epochs", &[])
+        .await
+        .map_err(SinkError::pg("read epochs"))?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
 /// Records that every output message up to `epoch` was acknowledged.
 pub async fn set_published_epoch(client: &Client, epoch: u64) -> Result<(), SinkError> {
     client
