@@ -42,7 +42,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
 
 use crate::dedup::{AppliedLookup, DedupState, Seen};
 use crate::model::{ErrorCode, Rejection};
@@ -74,6 +74,25 @@ pub struct GraphStats {
 
 type RecordStream<'scope, D> = Stream<'scope, Epoch, Vec<D>>;
 
+/// What `Validate` emits: every message's outcome, and for each applied
+/// event the little the aggregates need.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Validated {
+    Outcome(Outcome),
+    Delta(Delta),
+}
+
+/// An applied event, reduced to what stock and sales need.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+struct Delta {
+    product_id: String,
+    delta: i64,
+    day: chrono::NaiveDate,
+    source: Option<crate::model::SaleSource>,
+    units: i64,
+    revenue_cents: i128,
+}
+
 /// Builds the graph; returns the stream of records for the commit, already
 /// routed to worker 0.
 pub fn build<'scope>(
@@ -84,27 +103,32 @@ pub fn build<'scope>(
     stats: Arc<GraphStats>,
 ) -> RecordStream<'scope, (SinkRecord, Epoch)> {
     let decoded = raw.map(Decoded::new);
-    let outcomes = validate(decoded, refs.clone(), config, stats);
-
-    let applied = outcomes.clone().flat_map(|o| match o {
-        Outcome::Applied { event, .. } => Some(event),
-        _ => None,
+    // Validate emits each outcome (for the commit) and, for applied events,
+    // a compact delta (for the aggregates). `partition` moves each record to
+    // one branch: nothing heavy (raw values, whole events) is cloned.
+    let mut branches = validate(decoded, refs.clone(), config, stats).partition(2, |v| match v {
+        Validated::Outcome(_) => (0, v),
+        Validated::Delta(_) => (1, v),
     });
-    let applied = with_time(applied);
+    let deltas = branches.pop().expect("two branches").flat_map(|v| match v {
+        Validated::Delta(d) => Some(d),
+        Validated::Outcome(_) => None,
+    });
+    let outcomes = branches.pop().expect("two branches").flat_map(|v| match v {
+        Validated::Outcome(o) => Some(o),
+        Validated::Delta(_) => None,
+    });
+    let applied = with_time(deltas);
 
     // Net stock change per product and epoch.
-    let stock_changes = applied.clone().explode(|e| Some((e.product_id.clone(), e.delta())));
-    let stock_deltas = stock_changes.clone().consolidate();
+    let stock_deltas = applied.clone().explode(|d| Some((d.product_id, d.delta))).consolidate();
 
     // Net sales_daily change per (day, product, source) and epoch.
     let sales = applied
         .inner
-        .clone()
-        .flat_map(|(e, t, d)| {
-            let source = e.kind().sale_source()?;
-            let cents = e.revenue().map(to_cents).unwrap_or_default();
-            let key = (e.day(), e.product_id.clone(), source);
-            Some((key, t, (i64::from(e.quantity) * d, cents * i128::from(d), d)))
+        .flat_map(|(d, t, r)| {
+            let source = d.source?;
+            Some(((d.day, d.product_id, source), t, (d.units * r, d.revenue_cents * i128::from(r), r)))
         })
         .as_collection()
         .consolidate();
@@ -113,7 +137,8 @@ pub fn build<'scope>(
     // below their reorder level. Stock is a count keyed by product; a product
     // absent from the count has 0.
     let levels = reorder_levels(refs);
-    let stock = opening_stock.concat(stock_changes).count_core::<i64>();
+    // Counting the per-epoch net changes (not every event) keeps the arrangement work per product.
+    let stock = opening_stock.concat(stock_deltas.clone()).count_core::<i64>();
     let not_low = levels
         .clone()
         .join_map(stock, |p, level, q| (p.clone(), i64::from(*level), *q))
@@ -186,7 +211,7 @@ fn validate<'scope>(
     refs: RecordStream<'scope, RefUpdate>,
     config: GraphConfig,
     stats: Arc<GraphStats>,
-) -> RecordStream<'scope, Outcome> {
+) -> RecordStream<'scope, Validated> {
     let GraphConfig { dedup_horizon, committed_epoch, mut lookup, preload } = config;
     decoded.binary_frontier(
         refs.broadcast(),
@@ -261,7 +286,7 @@ fn decide_epoch(
     dedup: &mut DedupState,
     lookup: &mut dyn AppliedLookup,
     stats: &GraphStats,
-) -> Vec<Outcome> {
+) -> Vec<Validated> {
     // Ids older than the horizon are looked up in one batch first.
     let old_ids: Vec<String> = batch
         .iter()
@@ -282,7 +307,7 @@ fn decide_epoch(
         let event = match result {
             Ok(e) => e,
             Err(rejection) => {
-                out.push(Outcome::Rejected { msg, rejection });
+                out.push(Validated::Outcome(Outcome::Rejected { msg, rejection }));
                 continue;
             }
         };
@@ -292,7 +317,7 @@ fn decide_epoch(
                 format!("field `product_id`: product {:?} is not in the catalog", event.product_id),
                 Some(event.event_id.clone()),
             );
-            out.push(Outcome::Rejected { msg, rejection });
+            out.push(Validated::Outcome(Outcome::Rejected { msg, rejection }));
             continue;
         }
         if let Some(s) = event.supplier_id()
@@ -303,7 +328,7 @@ fn decide_epoch(
                 format!("field `supplier_id`: supplier {s:?} is not known"),
                 Some(event.event_id.clone()),
             );
-            out.push(Outcome::Rejected { msg, rejection });
+            out.push(Validated::Outcome(Outcome::Rejected { msg, rejection }));
             continue;
         }
         let hash = event.content_hash();
@@ -316,13 +341,21 @@ fn decide_epoch(
         match seen {
             Seen::New => {
                 dedup.record_applied(event.event_id.clone(), hash, event.occurred_at, epoch);
-                out.push(Outcome::Applied { msg, event, hash });
+                out.push(Validated::Delta(Delta {
+                    product_id: event.product_id.clone(),
+                    delta: event.delta(),
+                    day: event.day(),
+                    source: event.kind().sale_source(),
+                    units: i64::from(event.quantity),
+                    revenue_cents: event.revenue().map(to_cents).unwrap_or_default(),
+                }));
+                out.push(Validated::Outcome(Outcome::Applied { msg, event, hash }));
             }
             Seen::Same => {
                 let RawMessage { kind, partition, offset, timestamp_ms, .. } = msg;
-                out.push(Outcome::Duplicate {
+                out.push(Validated::Outcome(Outcome::Duplicate {
                     msg: RawMessage { kind, partition, offset, timestamp_ms, key: None, value: None },
-                });
+                }));
             }
             Seen::Conflict => {
                 let rejection = Rejection::new(
@@ -330,7 +363,7 @@ fn decide_epoch(
                     format!("event_id {:?} was applied before with different content", event.event_id),
                     Some(event.event_id.clone()),
                 );
-                out.push(Outcome::Rejected { msg, rejection });
+                out.push(Validated::Outcome(Outcome::Rejected { msg, rejection }));
             }
         }
     }

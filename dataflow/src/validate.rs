@@ -93,13 +93,13 @@ fn type_name(raw: &RawValue) -> &'static str {
 }
 
 struct Checker<'a> {
-    event_id: Option<String>,
     fields: RawFields<'a>,
 }
 
 impl<'a> Checker<'a> {
     fn violation(&self, detail: String) -> Rejection {
-        Rejection::new(ErrorCode::SchemaViolation, detail, self.event_id.clone())
+        // The id is read again only on this (rare) path.
+        Rejection::new(ErrorCode::SchemaViolation, detail, peek_event_id(self.fields.event_id))
     }
 
     fn string(&self, name: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Rejection> {
@@ -167,7 +167,7 @@ pub fn decode(topic_kind: EventKind, value: Option<&[u8]>) -> Result<Event, Reje
         }
         Err(e) => return Err(malformed(format!("value is not valid JSON: {e}"))),
     };
-    let c = Checker { event_id: peek_event_id(fields.event_id), fields };
+    let c = Checker { fields };
     check(topic_kind, &c)
 }
 

@@ -96,7 +96,10 @@ impl Intake {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            // The worker reads in bounded slices; a smaller pre-fetch queue
+            // keeps memory flat (librdkafka's default is 64 MB).
+            .set("queued.max.messages.kbytes", "16384");
         for (k, v) in base.config_map().iter() {
             config.set(*k, *v);
         }
