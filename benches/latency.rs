@@ -6,7 +6,7 @@
 //!
 //! Needs the local services. Settings: STOCKFLOW_BENCH_RATE (default
 //! 10000), STOCKFLOW_BENCH_SECONDS (default 60), STOCKFLOW_BENCH_WORKERS
-//! (default 2), STOCKFLOW_BENCH_EPOCH_MS (default 50).
+//! (default 2), STOCKFLOW_BENCH_EPOCH_MS (default 100).
 //!
 //! `cargo bench --bench latency`
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -25,7 +25,7 @@ async fn main() {
     let rate: u64 = env_or("STOCKFLOW_BENCH_RATE", 10_000);
     let seconds: u64 = env_or("STOCKFLOW_BENCH_SECONDS", 60);
     let workers: u16 = env_or("STOCKFLOW_BENCH_WORKERS", 2);
-    let epoch_ms: u64 = env_or("STOCKFLOW_BENCH_EPOCH_MS", 50);
+    let epoch_ms: u64 = env_or("STOCKFLOW_BENCH_EPOCH_MS", 100);
     let stamp = stamp();
     let prefix = format!("lat_{stamp}.");
     let db = format!("sf_lat_{stamp}");

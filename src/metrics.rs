@@ -44,6 +44,7 @@ pub struct Metrics {
     pub consumer_errors: Counter,
     pub lag_seconds: Gauge<f64, AtomicU64>,
     pub consumer_lag_messages: Family<WorkerLabel, Gauge>,
+    pub read_delay_seconds: Family<WorkerLabel, Gauge<f64, AtomicU64>>,
     pub last_committed_epoch: Gauge,
     pub low_stock_products: Gauge,
     pub dedup_ids: Gauge,
@@ -90,6 +91,12 @@ impl Metrics {
             "Messages behind the brokers' high watermarks, per worker (as brokers report them)",
             consumer_lag_messages.clone(),
         );
+        let read_delay_seconds = Family::<WorkerLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "read_delay_seconds",
+            "Read time minus the Kafka timestamp of the last message each worker read",
+            read_delay_seconds.clone(),
+        );
         let last_committed_epoch = Gauge::default();
         registry.register("last_committed_epoch", "The last committed epoch", last_committed_epoch.clone());
         let low_stock_products = Gauge::default();
@@ -112,6 +119,7 @@ impl Metrics {
             consumer_errors,
             lag_seconds,
             consumer_lag_messages,
+            read_delay_seconds,
             last_committed_epoch,
             low_stock_products,
             dedup_ids,

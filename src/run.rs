@@ -40,6 +40,8 @@ const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 
 /// What all threads of the process share.
 struct Shared {
+    /// `--epoch-ms`, to tell how long after its end an epoch reached the committer.
+    epoch_ms: u64,
     shutdown: AtomicBool,
     committed_epoch: Arc<AtomicU64>,
     committer_failed: AtomicBool,
@@ -223,6 +225,7 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     drop(client);
 
     let shared = Arc::new(Shared {
+        epoch_ms: args.epoch_ms,
         shutdown: AtomicBool::new(false),
         committed_epoch: Arc::new(AtomicU64::new(published)),
         committer_failed: AtomicBool::new(false),
@@ -445,6 +448,7 @@ fn run_worker(
     let mut read_in_epoch = 0usize;
     let mut last_data_epoch = 0u64;
     let mut buf = Vec::with_capacity(4096);
+    let mut idle_reads = 0u32;
     let mut last_lag_check = Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now);
     tracing::debug!(worker = index, partitions = my_partitions.len(), "worker started");
 
@@ -496,11 +500,20 @@ fn run_worker(
             worker.step_or_park(Some(Duration::from_millis(5)));
             continue;
         }
-        let report = intake.read(budget, Duration::from_millis(if worker.step() { 0 } else { 5 }), &mut buf);
+        // `Worker::step` reports whether dataflows exist, not whether there
+        // was work: park up to 1 ms when the last read found nothing, so an
+        // idle processor sleeps instead of spinning.
+        worker.step_or_park(Some(if idle_reads > 0 { Duration::from_millis(1) } else { Duration::ZERO }));
+        let report = intake.read(budget, Duration::ZERO, &mut buf);
+        idle_reads = if buf.is_empty() { idle_reads + 1 } else { 0 };
         if report.errors > 0 {
             metrics.consumer_errors.inc_by(report.errors as u64);
         }
         if !buf.is_empty() {
+            if let Some(ts) = buf.last().and_then(|m| m.timestamp_ms) {
+                let delay = (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3;
+                metrics.read_delay_seconds.get_or_create(&WorkerLabel { worker: index as u32 }).set(delay);
+            }
             read_in_epoch += buf.len();
             last_data_epoch = epoch;
             for m in buf.drain(..) {
@@ -633,19 +646,33 @@ fn commit_epochs(
     };
     let mut low_stock: HashSet<String> = HashSet::new();
     for batch in rx {
+        let mut became_low = Vec::new();
         for (p, low) in &batch.low_stock_changes {
             if *low {
-                if low_stock.insert(p.clone()) && batch.epoch > 0 {
-                    tracing::info!(product_id = %p, epoch = batch.epoch, "product is low on stock");
+                if low_stock.insert(p.clone()) {
+                    became_low.push(p.as_str());
                 }
             } else {
                 low_stock.remove(p);
             }
         }
+        if !became_low.is_empty() {
+            let first: Vec<&str> = became_low.iter().take(5).copied().collect();
+            tracing::info!(
+                epoch = batch.epoch,
+                products = became_low.len(),
+                first = %first.join(","),
+                low_stock_total = low_stock.len(),
+                "products at or below their reorder level"
+            );
+        }
         metrics.low_stock_products.set(low_stock.len() as i64);
         if batch.outcomes.is_empty() {
             continue;
         }
+        // How long after the end of its epoch the batch reached the committer
+        // (frontier progress plus any wait in the channel).
+        let sealed_ms = (now_slot(1) as i64 - ((batch.epoch + 1) * shared.epoch_ms) as i64).max(0);
         let started = Instant::now();
         let published = acknowledged.load(Ordering::Acquire);
         let outcome =
@@ -703,6 +730,7 @@ fn commit_epochs(
             rejected,
             commit_ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
             db_ms = format!("{db_ms:.1}"),
+            sealed_ms,
             lag_s = format!("{lag_s:.3}"),
             "epoch committed"
         );

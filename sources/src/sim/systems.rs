@@ -146,13 +146,23 @@ impl UpstreamSystem for Suppliers {
     fn next_message(&mut self, market: &mut Market, at: DateTime<Utc>) -> SimMessage {
         let product = match market.reorder_queue.pop_front() {
             Some(p) => p,
-            None => market.popular_product(),
+            // An unprompted delivery tops up the emptiest of a few popular products.
+            None => {
+                let candidates =
+                    [market.popular_product(), market.popular_product(), market.popular_product()];
+                let fill = |m: &Market, i: usize| {
+                    m.believed_stock[i] as f64 / f64::from(m.catalog.products[i].reorder_level.max(1))
+                };
+                candidates
+                    .into_iter()
+                    .fold(candidates[0], |a, b| if fill(market, b) < fill(market, a) { b } else { a })
+            }
         };
         let p = market.catalog.products[product].clone();
         let level = i64::from(p.reorder_level.max(1));
         let believed = market.believed_stock[product];
-        // Order up to four times the reorder level, in cases of 6.
-        let wanted = (4 * level - believed).max(level);
+        // Order up to four times the reorder level, in cases of 6 (at least one case).
+        let wanted = (4 * level - believed).max(0);
         let quantity = (((wanted + 5) / 6) * 6).clamp(6, 1_000_000) as u32;
         let supplier_id = match (&p.supplier_id, market.catalog.suppliers.len()) {
             (Some(s), _) => s.clone(),
