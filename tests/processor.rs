@@ -382,21 +382,8 @@ async fn dedup_beyond_a_short_horizon_over_many_epochs() {
     // PostgreSQL, and still nothing is applied twice.
     let env = TestEnv::new("horizon").await;
     env.prepare(60, 3);
-    let out = env.stockflow(&[
-        "produce",
-        "--count",
-        "8000",
-        "--seed",
-        "31",
-        "--days",
-        "5",
-        "--duplicate-ratio",
-        "0.08",
-        "--quiet",
-    ]);
-    assert!(out.status.success());
-    let summary = String::from_utf8_lossy(&out.stderr).to_string();
-    let valid: i64 = summary.split(" (").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let valid =
+        env.produce_valid(&["--count", "8000", "--seed", "31", "--days", "5", "--duplicate-ratio", "0.08"]);
     env.run_to_idle(&["--dedup-horizon-hours", "1", "--max-epoch-messages", "300"]);
     assert_eq!(env.count("SELECT count(*) FROM events_log WHERE status = 'applied'").await, valid);
     // A replay of everything after a restart, with the same short horizon.

@@ -239,6 +239,18 @@ impl TestEnv {
             .collect()
     }
 
+    /// `stockflow produce ARGS --quiet`; returns how many valid (new) events
+    /// the producer says it sent.
+    pub fn produce_valid(&self, args: &[&str]) -> i64 {
+        let mut all = vec!["produce", "--quiet"];
+        all.extend_from_slice(args);
+        let out = self.stockflow(&all);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary = String::from_utf8_lossy(&out.stderr).to_string();
+        // "produce: N messages (V valid, ...": V is the number after the parenthesis.
+        summary.split(" (").nth(1).and_then(|r| r.split(' ').next()).and_then(|v| v.parse().ok()).unwrap()
+    }
+
     /// One integer.
     pub async fn count(&self, query: &str) -> i64 {
         let client = self.client().await;
