@@ -6,7 +6,8 @@
 //! then starts the timely workers and, in process 0, the committer thread.
 //!
 //! Each worker reads its share of the input partitions in bounded slices and
-//! stamps messages with the current epoch (a wall-clock slot of
+//! stamps messages with the current epoch (the start, in Unix milliseconds,
+//! of a wall-clock slot of
 //! `--epoch-ms`). Worker 0 also feeds the reference data and the opening
 //! stock. The dataflow hands each complete epoch to the committer, which
 //! writes it in one transaction with the offsets and only then sends the
@@ -71,12 +72,16 @@ struct WorkerArgs {
     commits_here: bool,
 }
 
+/// The current epoch: the Unix time in milliseconds at the start of the
+/// current `epoch_ms` slot. Epochs are numbered in milliseconds whatever the
+/// slot length, so they keep increasing across restarts even when
+/// `--epoch-ms` changes.
 fn now_slot(epoch_ms: u64) -> u64 {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
-    ms / epoch_ms
+    ms / epoch_ms * epoch_ms
 }
 
 /// Retries `f` with exponential backoff (100 ms .. 10 s) while its error is
@@ -491,9 +496,9 @@ fn run_worker(
         // Backpressure: pause reading while too many epochs wait for their commit.
         let committed = shared.committed_epoch.load(Ordering::Acquire);
         let backlog = if args.commits_here {
-            last_data_epoch.saturating_sub(committed) > MAX_EPOCHS_IN_FLIGHT * 2
+            last_data_epoch.saturating_sub(committed) > MAX_EPOCHS_IN_FLIGHT * 2 * args.epoch_ms
         } else {
-            probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT))
+            probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * args.epoch_ms))
         };
         let budget = args.max_epoch_messages.saturating_sub(read_in_epoch).min(4096);
         if backlog || budget == 0 {
@@ -672,7 +677,7 @@ fn commit_epochs(
         }
         // How long after the end of its epoch the batch reached the committer
         // (frontier progress plus any wait in the channel).
-        let sealed_ms = (now_slot(1) as i64 - ((batch.epoch + 1) * shared.epoch_ms) as i64).max(0);
+        let sealed_ms = (now_slot(1) as i64 - (batch.epoch + shared.epoch_ms) as i64).max(0);
         let started = Instant::now();
         let published = acknowledged.load(Ordering::Acquire);
         let outcome =

@@ -392,3 +392,22 @@ async fn dedup_beyond_a_short_horizon_over_many_epochs() {
     assert_eq!(env.count("SELECT count(*) FROM events_log WHERE status = 'applied'").await, valid);
     assert_eq!(env.count("SELECT count(*) FROM inventory_reconciliation WHERE NOT balanced").await, 0);
 }
+
+#[tokio::test]
+async fn epochs_keep_increasing_when_the_epoch_length_changes() {
+    let env = TestEnv::new("epochlen").await;
+    env.prepare(20, 1);
+    let first = env.produce_valid(&["--count", "300", "--seed", "41"]);
+    env.ok(&["run", "--exit-when-idle", "1", "--epoch-ms", "20"]);
+    let second = env.produce_valid(&["--count", "300", "--seed", "42"]);
+    env.ok(&["run", "--exit-when-idle", "1", "--epoch-ms", "1000"]);
+    assert_eq!(env.count("SELECT count(*) FROM events_log WHERE status = 'applied'").await, first + second);
+    // Epochs are Unix milliseconds: within a day of now.
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM epochs WHERE abs(epoch - extract(epoch FROM now()) * 1000) > 86400000"
+        )
+        .await,
+        0
+    );
+}
