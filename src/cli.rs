@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// ids are looked up in PostgreSQL.
     #[arg(long, env = "STOCKFLOW_DEDUP_HORIZON_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub dedup_horizon_hours: u32,
+    /// At most this many event ids in each worker's dedup memory (about
+    /// 300 bytes each); beyond it the oldest are looked up in PostgreSQL.
+    #[arg(long, env = "STOCKFLOW_DEDUP_MAX_IDS", default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub dedup_max_ids: u64,
     /// How often (ms) to re-read products and suppliers.
     #[arg(long, env = "STOCKFLOW_REFERENCE_REFRESH_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub reference_refresh_ms: u64,

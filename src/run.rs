@@ -58,6 +58,7 @@ struct WorkerSetup {
     reference: Reference,
     stock: Vec<(String, i64)>,
     recent_applied: Arc<Vec<(String, u128, chrono::DateTime<chrono::Utc>)>>,
+    preload_floor: Option<chrono::DateTime<chrono::Utc>>,
     first_epoch: u64,
     args: WorkerArgs,
 }
@@ -68,6 +69,7 @@ struct WorkerArgs {
     max_epoch_messages: usize,
     exit_when_idle: Option<Duration>,
     dedup_horizon: chrono::Duration,
+    dedup_max_ids: usize,
     reference_refresh: Duration,
     commits_here: bool,
 }
@@ -195,7 +197,13 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     let reference = postgres::load_reference(&client).await?;
     let stock = postgres::load_stock(&client).await?;
     let horizon = chrono::Duration::hours(i64::from(args.dedup_horizon_hours));
-    let recent_applied = postgres::load_recent_applied(&client, horizon).await?;
+    let preload_limit =
+        args.dedup_max_ids.saturating_mul(u64::from(args.workers) * u64::from(args.processes));
+    let recent_applied = postgres::load_recent_applied(&client, horizon, preload_limit as i64).await?;
+    // A load cut short by the limit leaves older ids to the database.
+    let preload_floor = (recent_applied.len() as u64 >= preload_limit)
+        .then(|| recent_applied.iter().map(|(_, _, at)| *at).min())
+        .flatten();
 
     // Partitions of the input topics.
     let counts = sinks::kafka::fetch_partition_counts(&kafka, &input_topics).await?;
@@ -262,12 +270,14 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
         reference,
         stock,
         recent_applied: Arc::new(recent_applied),
+        preload_floor,
         first_epoch: now_slot(args.epoch_ms).max(published + 1),
         args: WorkerArgs {
             epoch_ms: args.epoch_ms,
             max_epoch_messages: args.max_epoch_messages as usize,
             exit_when_idle: args.exit_when_idle.map(Duration::from_secs_f64),
             dedup_horizon: horizon,
+            dedup_max_ids: args.dedup_max_ids as usize,
             reference_refresh: Duration::from_millis(args.reference_refresh_ms),
             commits_here,
         },
@@ -411,9 +421,11 @@ fn run_worker(
     let sink_gone = committer_gone.clone();
     let config = GraphConfig {
         dedup_horizon: args.dedup_horizon,
+        dedup_max_ids: args.dedup_max_ids,
         committed_epoch: shared.committed_epoch.clone(),
         lookup: Box::new(lookup),
         preload,
+        preload_floor: setup.preload_floor,
     };
     let graph_stats = stats.clone();
     let mut opening = worker.dataflow::<u64, _, _>(|scope| {

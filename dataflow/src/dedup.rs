@@ -58,6 +58,11 @@ pub struct DedupState {
     ids: HashMap<String, (u128, DateTime<Utc>, u64)>,
     by_time: BTreeMap<DateTime<Utc>, Vec<String>>,
     newest: Option<DateTime<Utc>>,
+    /// At most this many ids in `ids`; beyond it the oldest leave early.
+    max_ids: usize,
+    /// Events at or before this instant are not covered (set when the id
+    /// cap, not the horizon, made memory let go of them).
+    floor: Option<DateTime<Utc>>,
     /// Applied ids older than the cutoff whose epoch may not be committed
     /// yet: the database cannot answer for them, so memory must, until the
     /// commit of their epoch is known.
@@ -65,10 +70,13 @@ pub struct DedupState {
 }
 
 impl DedupState {
-    /// An empty state with the given horizon.
-    pub fn new(horizon: Duration) -> Self {
+    /// An empty state with the given horizon, holding at most `max_ids` ids
+    /// (the oldest leave first, and are looked up in the database after).
+    pub fn new(horizon: Duration, max_ids: usize) -> Self {
         DedupState {
             horizon,
+            max_ids: max_ids.max(1),
+            floor: None,
             ids: HashMap::new(),
             by_time: BTreeMap::new(),
             newest: None,
@@ -93,7 +101,13 @@ impl DedupState {
 
     /// Whether memory alone can answer for an event at `at`.
     pub fn covers(&self, at: DateTime<Utc>) -> bool {
-        self.cutoff().is_none_or(|c| at >= c)
+        self.cutoff().is_none_or(|c| at >= c) && self.floor.is_none_or(|f| at > f)
+    }
+
+    /// Declares that memory cannot answer for events at or before `at`
+    /// (the start-up load was cut short there).
+    pub fn raise_floor(&mut self, at: DateTime<Utc>) {
+        self.floor = Some(self.floor.map_or(at, |f| f.max(at)));
     }
 
     /// Loads an id applied in an earlier run.
@@ -146,7 +160,18 @@ impl DedupState {
     /// epoch not yet known to be committed (the database cannot answer for
     /// them yet): those wait in the late map for [`DedupState::committed`].
     pub fn evict(&mut self, committed_epoch: u64) {
-        let Some(cutoff) = self.cutoff() else { return };
+        if let Some(cutoff) = self.cutoff() {
+            self.evict_before(cutoff, committed_epoch);
+        }
+        // The id cap: the oldest instants leave until memory fits.
+        while self.ids.len() > self.max_ids {
+            let Some((&oldest, _)) = self.by_time.first_key_value() else { break };
+            self.floor = Some(self.floor.map_or(oldest, |f| f.max(oldest)));
+            self.evict_before(oldest + Duration::nanoseconds(1), committed_epoch);
+        }
+    }
+
+    fn evict_before(&mut self, cutoff: DateTime<Utc>, committed_epoch: u64) {
         let keep = self.by_time.split_off(&cutoff);
         for (_, ids) in std::mem::replace(&mut self.by_time, keep) {
             for id in ids {
@@ -165,13 +190,28 @@ impl DedupState {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_id_cap_bounds_memory_and_moves_the_floor() {
+        let t = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).expect("ts");
+        let mut d = DedupState::new(Duration::hours(48), 100);
+        for i in 0..1_000 {
+            d.record_applied(format!("e{i}"), i as u128, t(i), 1);
+            d.evict(1);
+        }
+        assert!(d.len() <= 100, "{}", d.len());
+        assert!(!d.covers(t(10)), "evicted by the cap: the database answers");
+        assert!(d.covers(t(999)));
+        assert_eq!(d.check("e999", 999), Seen::Same);
+        assert_eq!(d.late_len(), 0, "everything evicted was committed");
+    }
+
     fn t(h: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + h * 3600, 0).expect("ts")
     }
 
     #[test]
     fn horizon_bounds_memory_and_says_what_it_covers() {
-        let mut d = DedupState::new(Duration::hours(24));
+        let mut d = DedupState::new(Duration::hours(24), 1_000_000);
         for h in 0..100 {
             d.record_applied(format!("e{h}"), h as u128, t(h), h as u64 + 1);
             d.evict(h as u64 + 1);

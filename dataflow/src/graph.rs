@@ -52,6 +52,8 @@ use crate::records::{Decoded, Epoch, EpochBatch, Outcome, RawMessage, RefUpdate,
 pub struct GraphConfig {
     /// How far back in event time the dedup memory reaches.
     pub dedup_horizon: chrono::Duration,
+    /// At most this many ids in one worker's dedup memory.
+    pub dedup_max_ids: usize,
     /// The last epoch the driver has committed (process-local), so that
     /// late dedup ids can be forgotten once the database holds them.
     pub committed_epoch: Arc<AtomicU64>,
@@ -59,6 +61,9 @@ pub struct GraphConfig {
     pub lookup: Box<dyn AppliedLookup>,
     /// Applied ids inside the horizon from earlier runs, for this worker.
     pub preload: Vec<(String, u128, chrono::DateTime<chrono::Utc>)>,
+    /// When the start-up load was cut short: events at or before this
+    /// instant must be looked up, not answered from memory.
+    pub preload_floor: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Per-worker counters the driver can read (metrics).
@@ -212,7 +217,8 @@ fn validate<'scope>(
     config: GraphConfig,
     stats: Arc<GraphStats>,
 ) -> RecordStream<'scope, Validated> {
-    let GraphConfig { dedup_horizon, committed_epoch, mut lookup, preload } = config;
+    let GraphConfig { dedup_horizon, dedup_max_ids, committed_epoch, mut lookup, preload, preload_floor } =
+        config;
     decoded.binary_frontier(
         refs.broadcast(),
         Exchange::new(|d: &Decoded| d.route()),
@@ -224,9 +230,12 @@ fn validate<'scope>(
             let mut pending_refs: BTreeMap<Epoch, Vec<RefUpdate>> = BTreeMap::new();
             let mut products: HashSet<String> = HashSet::new();
             let mut suppliers: HashSet<String> = HashSet::new();
-            let mut dedup = DedupState::new(dedup_horizon);
+            let mut dedup = DedupState::new(dedup_horizon, dedup_max_ids);
             for (id, hash, at) in preload {
                 dedup.preload(id, hash, at);
+            }
+            if let Some(floor) = preload_floor {
+                dedup.raise_floor(floor);
             }
             move |(input, frontier), (ref_input, ref_frontier), output| {
                 input.for_each(|cap, data| {

@@ -46,9 +46,11 @@ pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Ve
             let (opening_input, opening) = scope.new_collection::<String, i64>();
             let config = GraphConfig {
                 dedup_horizon: chrono::Duration::days(7),
+                dedup_max_ids: 10_000_000,
                 committed_epoch: Arc::new(AtomicU64::new(0)),
                 lookup: Box::new(NoLookup),
                 preload: Vec::new(),
+                preload_floor: None,
             };
             let records = graph::build(
                 raw.to_stream(scope),

@@ -69,11 +69,12 @@ fn hash_of(bytes: &[u8]) -> u128 {
     u128::from_be_bytes(b)
 }
 
-/// Applied events with `occurred_at` within `horizon` of the newest one:
-/// `(event_id, content_hash, occurred_at)`.
+/// Applied events with `occurred_at` within `horizon` of the newest one,
+/// the newest `limit` at most: `(event_id, content_hash, occurred_at)`.
 pub async fn load_recent_applied(
     client: &Client,
     horizon: chrono::Duration,
+    limit: i64,
 ) -> Result<Vec<(String, u128, DateTime<Utc>)>, SinkError> {
     let newest: Option<DateTime<Utc>> = client
         .query_one("SELECT max(occurred_at) FROM events_log WHERE status = 'applied'", &[])
@@ -85,8 +86,8 @@ pub async fn load_recent_applied(
     Ok(client
         .query(
             "SELECT event_id, content_hash, occurred_at FROM events_log \
-             WHERE status = 'applied' AND occurred_at >= $1",
-            &[&cutoff],
+             WHERE status = 'applied' AND occurred_at >= $1 ORDER BY occurred_at DESC LIMIT $2",
+            &[&cutoff, &limit],
         )
         .await
         .map_err(SinkError::pg("load recent applied ids"))?
