@@ -5,24 +5,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Record, TestEnv, brokers, consume_all, consume_until_quiet};
+use common::{Record, TestEnv, consume_all, consume_until_quiet};
 use serde_json::Value;
 
 fn spawn_run(env: &TestEnv, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(["run", "--epoch-ms", "20", "--max-epoch-messages", "700", "--workers", "2"])
-        .args(extra)
-        .env("DATABASE_URL", &env.database_url)
-        .env("KAFKA_BROKERS", brokers())
-        .env("STOCKFLOW_TOPIC_PREFIX", &env.prefix)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    let mut args = vec!["run", "--epoch-ms", "20", "--max-epoch-messages", "700", "--workers", "2"];
+    args.extend_from_slice(extra);
+    env.spawn(&args)
 }
 
 /// A tiny deterministic RNG (xorshift) for kill times.
@@ -70,16 +62,20 @@ async fn kill_nine_at_random_moments_changes_nothing() {
 
     // Traffic arrives while the processor is killed over and over.
     let n = 50_000;
-    let mut producer = Command::new(BIN)
-        .args(["produce", "--count", &n.to_string(), "--rate", "6000", "--seed", "77", "--quiet"])
-        .args(["--duplicate-ratio", "0.04", "--invalid-ratio", "0.01"])
-        .env("DATABASE_URL", &env.database_url)
-        .env("KAFKA_BROKERS", brokers())
-        .env("STOCKFLOW_TOPIC_PREFIX", &env.prefix)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut producer = env.spawn(&[
+        "produce",
+        "--count",
+        &n.to_string(),
+        "--rate",
+        "6000",
+        "--seed",
+        "77",
+        "--quiet",
+        "--duplicate-ratio",
+        "0.04",
+        "--invalid-ratio",
+        "0.01",
+    ]);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
     let mut kills = 0;
     let started = Instant::now();

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{BIN, TestEnv, send_raw};
@@ -251,17 +251,21 @@ async fn two_processes_on_loopback() {
     let base = 20_000 + (std::process::id() % 20_000) as u16;
     let hosts = format!("127.0.0.1:{},127.0.0.1:{}", base, base + 1);
     let spawn = |i: &str| {
-        Command::new(BIN)
-            .args(["run", "--exit-when-idle", "1", "--epoch-ms", "50", "--workers", "2", "--processes", "2"])
-            .args(["--process", i, "--hosts", &hosts])
-            .env("DATABASE_URL", &env.database_url)
-            .env("KAFKA_BROKERS", common::brokers())
-            .env("STOCKFLOW_TOPIC_PREFIX", &env.prefix)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        env.spawn(&[
+            "run",
+            "--exit-when-idle",
+            "1",
+            "--epoch-ms",
+            "50",
+            "--workers",
+            "2",
+            "--processes",
+            "2",
+            "--process",
+            i,
+            "--hosts",
+            &hosts,
+        ])
     };
     let p0 = spawn("0");
     let p1 = spawn("1");
@@ -282,24 +286,15 @@ async fn reference_data_added_while_running_and_metrics() {
     let env = TestEnv::new("refdata").await;
     env.prepare(5, 1);
     let port = 30_000 + (std::process::id() % 20_000) as u16;
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--epoch-ms",
-            "50",
-            "--reference-refresh-ms",
-            "300",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("DATABASE_URL", &env.database_url)
-        .env("KAFKA_BROKERS", common::brokers())
-        .env("STOCKFLOW_TOPIC_PREFIX", &env.prefix)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn(&[
+        "run",
+        "--epoch-ms",
+        "50",
+        "--reference-refresh-ms",
+        "300",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+    ]);
     std::thread::sleep(Duration::from_secs(2));
     let client = env.client().await;
     client

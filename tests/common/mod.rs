@@ -67,16 +67,29 @@ impl TestEnv {
         client
     }
 
-    /// Runs `stockflow` with this env's database, brokers and topic prefix.
-    pub fn stockflow(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+    /// `stockflow ARGS` with this env's database, brokers and topic prefix.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .env("DATABASE_URL", &self.database_url)
             .env("KAFKA_BROKERS", brokers())
             .env("STOCKFLOW_TOPIC_PREFIX", &self.prefix)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run stockflow")
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    /// Starts `stockflow ARGS` in the background (stdout discarded, stderr kept).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start stockflow")
+    }
+
+    /// Runs `stockflow ARGS` to completion.
+    pub fn stockflow(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run stockflow")
     }
 
     /// Like [`stockflow`], asserting success; returns stdout.
