@@ -15,23 +15,14 @@ cd "$(dirname "$0")/.."
 EVENTS="${DEMO_EVENTS:-20000}"
 DAY="${DEMO_DAY:-$(date -u -d yesterday +%F)}"
 
-need=()
-for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config zlib1g-dev postgresql-client; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    echo "demo: installing ${need[*]}"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
+scripts/deps.sh
 scripts/services.sh up >/dev/null
 eval "$(scripts/services.sh env)"
 export DATABASE_URL KAFKA_BROKERS
 
 echo "demo: building stockflow (release; the first build takes a few minutes)"
 cargo build --release --locked --quiet --bin stockflow
-sf=target/release/stockflow
+sf="${CARGO_TARGET_DIR:-target}/release/stockflow"
 
 $sf migrate
 $sf seed --products 500 --suppliers 40

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The test command (README): formatting, lints, every test against the real
-# services named by DATABASE_URL / KAFKA_BROKERS (start them with
-# scripts/services.sh up), the compose file check and the Airflow tests.
+# The test command (README, and what .ci/run calls): installs missing
+# Debian packages, starts the local PostgreSQL and broker (idempotent), then
+# formatting, lints, every test against those real services, the compose
+# file check and the Airflow tests. To test against other services, set
+# DATABASE_URL and KAFKA_BROKERS: then none are started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/deps.sh
 if [ -z "${DATABASE_URL:-}" ] || [ -z "${KAFKA_BROKERS:-}" ]; then
+    scripts/services.sh up >/dev/null
     eval "$(scripts/services.sh env)"
     export DATABASE_URL KAFKA_BROKERS
 fi

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages stockflow needs to build, test and run
+# locally, when missing: cmake + libcurl (rdkafka's bundled librdkafka),
+# PostgreSQL (server and client), python3-venv (Airflow, compose check).
+# Idempotent and quick when everything is there. Uses sudo when not root.
+set -euo pipefail
+need=()
+for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config zlib1g-dev postgresql postgresql-client python3-venv; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+echo "deps: apt-get install ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
