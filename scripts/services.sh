@@ -171,7 +171,10 @@ print_env() {
 case "${1:-}" in
     up) pg_up; kafka_up; print_env ;;
     down) kafka_down; pg_down ;;
-    restart-kafka) kafka_down; kafka_up ;;
+    restart-kafka)
+        kafka_down; kafka_up
+        log "the broker lost every topic: stored offsets in PostgreSQL (source_offsets) now point past their ends; reset them or recreate the database"
+        ;;
     status)
         if as_postgres "$(pg_bindir)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then echo "postgres: running (127.0.0.1:$PG_PORT)"; else echo "postgres: stopped"; fi
         if tansu_running; then echo "kafka (tansu): running (127.0.0.1:$KAFKA_PORT)"; else echo "kafka (tansu): stopped"; fi
