@@ -103,8 +103,6 @@ pub async fn commit_epoch(
             return Ok(CommitOutcome::AlreadyCommitted);
         }
     }
-    let committed_at: DateTime<Utc> =
-        tx.query_one("SELECT now()", &[]).await.map_err(SinkError::pg("now"))?.get(0);
 
     // Stock: increments for every product an applied event touched (0 for
     // a net-zero epoch, so that its committed level is known too).
@@ -194,13 +192,17 @@ pub async fn commit_epoch(
             Outcome::Rejected { .. } => rejected += 1,
         }
     }
-    tx.execute(
-        "INSERT INTO epochs (epoch, messages, applied, duplicates, rejected, started_at, committed_at) \
-         VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp())",
-        &[&(batch.epoch as i64), &(batch.outcomes.len() as i32), &applied, &duplicates, &rejected],
-    )
-    .await
-    .map_err(SinkError::pg("record epoch"))?;
+    // The transaction's time (`now()`, as `processed_at` holds it) comes
+    // back with the epoch row: no extra round trip.
+    let committed_at: DateTime<Utc> = tx
+        .query_one(
+            "INSERT INTO epochs (epoch, messages, applied, duplicates, rejected, started_at, committed_at) \
+             VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp()) RETURNING started_at",
+            &[&(batch.epoch as i64), &(batch.outcomes.len() as i32), &applied, &duplicates, &rejected],
+        )
+        .await
+        .map_err(SinkError::pg("record epoch"))?
+        .get(0);
     tx.commit().await.map_err(SinkError::pg("commit"))?;
     Ok(CommitOutcome::Committed { stock, committed_at })
 }
