@@ -406,7 +406,7 @@ fn run_worker(
         .recent_applied
         .iter()
         .filter(|(id, _, _)| (route_event_id(id) % peers as u64) as usize == index)
-        .cloned()
+        .map(|(id, hash, at)| (dataflow::dedup::id_key(id), *hash, *at))
         .collect();
     let lookup = PgLookup(BlockingClient {
         handle: handle.clone(),

@@ -44,7 +44,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
 
-use crate::dedup::{AppliedLookup, DedupState, Seen};
+use crate::dedup::{AppliedLookup, DedupState, IdKey, Seen, id_key};
 use crate::model::{ErrorCode, Rejection};
 use crate::records::{Decoded, Epoch, EpochBatch, Outcome, RawMessage, RefUpdate, SalesDelta, SinkRecord};
 
@@ -59,8 +59,9 @@ pub struct GraphConfig {
     pub committed_epoch: Arc<AtomicU64>,
     /// Where the dedup state looks up ids older than the horizon.
     pub lookup: Box<dyn AppliedLookup>,
-    /// Applied ids inside the horizon from earlier runs, for this worker.
-    pub preload: Vec<(String, u128, chrono::DateTime<chrono::Utc>)>,
+    /// Applied ids inside the horizon from earlier runs, for this worker
+    /// (see [`crate::dedup::id_key`]).
+    pub preload: Vec<(IdKey, u128, chrono::DateTime<chrono::Utc>)>,
     /// When the start-up load was cut short: events at or before this
     /// instant must be looked up, not answered from memory.
     pub preload_floor: Option<chrono::DateTime<chrono::Utc>>,
@@ -76,6 +77,9 @@ pub struct GraphStats {
     /// Look-ups of ids older than the horizon.
     pub dedup_lookups: AtomicU64,
 }
+
+/// Product or supplier ids (a fast hasher: looked up once per event).
+type NameSet = HashSet<String, foldhash::fast::RandomState>;
 
 type RecordStream<'scope, D> = Stream<'scope, Epoch, Vec<D>>;
 
@@ -228,8 +232,8 @@ fn validate<'scope>(
             let mut pending: BTreeMap<Epoch, (timely::dataflow::operators::Capability<Epoch>, Vec<Decoded>)> =
                 BTreeMap::new();
             let mut pending_refs: BTreeMap<Epoch, Vec<RefUpdate>> = BTreeMap::new();
-            let mut products: HashSet<String> = HashSet::new();
-            let mut suppliers: HashSet<String> = HashSet::new();
+            let mut products: NameSet = NameSet::default();
+            let mut suppliers: NameSet = NameSet::default();
             let mut dedup = DedupState::new(dedup_horizon, dedup_max_ids);
             for (id, hash, at) in preload {
                 dedup.preload(id, hash, at);
@@ -290,8 +294,8 @@ fn validate<'scope>(
 fn decide_epoch(
     epoch: Epoch,
     batch: Vec<Decoded>,
-    products: &HashSet<String>,
-    suppliers: &HashSet<String>,
+    products: &NameSet,
+    suppliers: &NameSet,
     dedup: &mut DedupState,
     lookup: &mut dyn AppliedLookup,
     stats: &GraphStats,
@@ -326,7 +330,7 @@ fn decide_epoch(
                 format!("field `product_id`: product {:?} is not in the catalog", event.product_id),
                 Some(event.event_id.clone()),
             );
-            out.push(Validated::Outcome(Outcome::Rejected { msg, rejection }));
+            out.push(Validated::Outcome(Outcome::Rejected { msg, rejection: Box::new(rejection) }));
             continue;
         }
         if let Some(s) = event.supplier_id()
@@ -337,11 +341,12 @@ fn decide_epoch(
                 format!("field `supplier_id`: supplier {s:?} is not known"),
                 Some(event.event_id.clone()),
             );
-            out.push(Validated::Outcome(Outcome::Rejected { msg, rejection }));
+            out.push(Validated::Outcome(Outcome::Rejected { msg, rejection: Box::new(rejection) }));
             continue;
         }
         let hash = event.content_hash();
-        let mut seen = dedup.check(&event.event_id, hash);
+        let key = id_key(&event.event_id);
+        let mut seen = dedup.check(key, hash);
         if seen == Seen::New
             && let Some(h) = from_db.get(&event.event_id)
         {
@@ -349,7 +354,7 @@ fn decide_epoch(
         }
         match seen {
             Seen::New => {
-                dedup.record_applied(event.event_id.clone(), hash, event.occurred_at, epoch);
+                dedup.record_applied(key, hash, event.occurred_at, epoch);
                 out.push(Validated::Delta(Delta {
                     product_id: event.product_id.clone(),
                     delta: event.delta(),
@@ -372,7 +377,7 @@ fn decide_epoch(
                     format!("event_id {:?} was applied before with different content", event.event_id),
                     Some(event.event_id.clone()),
                 );
-                out.push(Validated::Outcome(Outcome::Rejected { msg, rejection }));
+                out.push(Validated::Outcome(Outcome::Rejected { msg, rejection: Box::new(rejection) }));
             }
         }
     }

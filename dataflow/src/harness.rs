@@ -33,11 +33,25 @@ pub fn catalog_updates(catalog: &Catalog) -> Vec<RefUpdate> {
 pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Vec<EpochBatch> {
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = out.clone();
-    let epochs = Arc::new(epochs);
+    let rounds = epochs.len();
+    // Each worker gets its share of every epoch up front (message j of an
+    // epoch goes to worker j % workers), to send without copying.
+    let workers = workers.max(1);
+    let mut shares: Vec<Vec<Vec<RawMessage>>> = (0..workers).map(|_| Vec::with_capacity(rounds)).collect();
+    for messages in epochs {
+        let mut split: Vec<Vec<RawMessage>> = (0..workers).map(|_| Vec::new()).collect();
+        for (j, m) in messages.into_iter().enumerate() {
+            split[j % workers].push(m);
+        }
+        for (share, part) in shares.iter_mut().zip(split) {
+            share.push(part);
+        }
+    }
+    let shares: Arc<Vec<Mutex<Vec<Vec<RawMessage>>>>> =
+        Arc::new(shares.into_iter().map(Mutex::new).collect());
     let catalog = Arc::new(catalog);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
-        let peers = worker.peers();
         let sink = sink.clone();
         let mut raw = InputHandle::new();
         let mut refs = InputHandle::new();
@@ -75,19 +89,16 @@ pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Ve
                 opening.update(p.product_id.clone(), p.quantity_on_hand);
             }
         }
-        for (i, messages) in epochs.iter().enumerate() {
+        let mine = shares[index].lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        for (i, mut messages) in mine.into_iter().enumerate() {
             let epoch = i as u64 + 1;
             raw.advance_to(epoch);
             refs.advance_to(epoch);
             opening.advance_to(epoch);
             opening.flush();
-            for (j, m) in messages.iter().enumerate() {
-                if j % peers == index {
-                    raw.send(m.clone());
-                }
-            }
+            raw.send_batch(&mut messages);
         }
-        let end = epochs.len() as u64 + 1;
+        let end = rounds as u64 + 1;
         raw.advance_to(end);
         refs.advance_to(end);
         opening.advance_to(end);

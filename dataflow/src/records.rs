@@ -39,14 +39,15 @@ impl RawMessage {
 pub struct Decoded {
     /// The message.
     pub msg: RawMessage,
-    /// The event, or why it fails a stateless rule.
-    pub result: Result<Event, Rejection>,
+    /// The event, or why it fails a stateless rule (boxed: records move
+    /// through several operators, and small records move cheaply).
+    pub result: Result<Box<Event>, Box<Rejection>>,
 }
 
 impl Decoded {
     /// Decodes `msg`.
     pub fn new(msg: RawMessage) -> Self {
-        let result = crate::validate::decode(msg.kind, msg.value.as_deref());
+        let result = crate::validate::decode(msg.kind, msg.value.as_deref()).map(Box::new).map_err(Box::new);
         Decoded { msg, result }
     }
 
@@ -81,7 +82,7 @@ pub enum Outcome {
         /// The message.
         msg: RawMessage,
         /// The event.
-        event: Event,
+        event: Box<Event>,
         /// Its content fingerprint.
         hash: u128,
     },
@@ -90,7 +91,7 @@ pub enum Outcome {
         /// The message.
         msg: RawMessage,
         /// Why.
-        rejection: Rejection,
+        rejection: Box<Rejection>,
     },
     /// A plain duplicate of an applied event: counted, nothing else. The
     /// value is dropped; only the position (for offsets) is kept.

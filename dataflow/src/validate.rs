@@ -107,15 +107,23 @@ impl<'a> Checker<'a> {
         if !raw.get().starts_with('"') {
             return Err(self.violation(format!("field `{name}` must be a string, got {}", type_name(raw))));
         }
-        let s: Cow<'a, str> = serde_json::from_str(raw.get())
+        let text = raw.get();
+        // The whole value is valid JSON, so a string literal without a
+        // backslash holds exactly the text between its quotes.
+        if text.len() >= 2 && !text.as_bytes().contains(&b'\\') {
+            return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
+        }
+        let s: String = serde_json::from_str(text)
             .map_err(|e| self.violation(format!("field `{name}` is not a valid string: {e}")))?;
-        Ok(s)
+        Ok(Cow::Owned(s))
     }
 
     fn id(&self, name: &str, raw: Option<&'a RawValue>) -> Result<String, Rejection> {
         let s = self.string(name, raw)?;
-        let n = s.chars().count();
-        if n == 0 || n > MAX_ID_CHARS {
+        // At most 128 bytes is at most 128 code points: count only longer ones.
+        let fits = !s.is_empty() && (s.len() <= MAX_ID_CHARS || s.chars().count() <= MAX_ID_CHARS);
+        if !fits {
+            let n = s.chars().count();
             return Err(
                 self.violation(format!("field `{name}` must be 1..={MAX_ID_CHARS} characters, got {n}"))
             );
@@ -256,13 +264,7 @@ fn check(topic_kind: EventKind, c: &Checker<'_>) -> Result<Event, Rejection> {
             Some(event_id),
         ));
     }
-    let mut digits = String::with_capacity(money.int.len() + 3);
-    digits.push_str(money.int);
-    if let Some(frac) = money.frac {
-        digits.push('.');
-        digits.push_str(frac);
-    }
-    let amount = Decimal::from_str_exact(&digits).map_err(|_| {
+    let amount = exact_decimal(money.int, money.frac).ok_or_else(|| {
         Rejection::new(
             ErrorCode::InvalidPrice,
             format!("field `{money_name}` is out of range"),
@@ -289,6 +291,27 @@ fn check(topic_kind: EventKind, c: &Checker<'_>) -> Result<Event, Rejection> {
         }
     };
     Ok(Event { event_id, occurred_at, product_id, quantity, detail })
+}
+
+/// The exact decimal of a JSON number's digits (`int` and `frac` are ASCII
+/// digits, `frac` has at most 2); `None` when out of range.
+fn exact_decimal(int: &str, frac: Option<&str>) -> Option<Decimal> {
+    let frac = frac.unwrap_or("");
+    if int.len() + frac.len() <= 18 {
+        // Fits an i64 mantissa: no text round trip.
+        let mut mantissa: i64 = 0;
+        for b in int.bytes().chain(frac.bytes()) {
+            mantissa = mantissa * 10 + i64::from(b - b'0');
+        }
+        return Some(Decimal::new(mantissa, frac.len() as u32));
+    }
+    let mut digits = String::with_capacity(int.len() + 3);
+    digits.push_str(int);
+    if !frac.is_empty() {
+        digits.push('.');
+        digits.push_str(frac);
+    }
+    Decimal::from_str_exact(&digits).ok()
 }
 
 #[cfg(test)]
@@ -379,6 +402,19 @@ mod tests {
         assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "-0.01")), Some(P));
         assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "5")), None);
         assert_eq!(code(EventKind::OnlineOrder, &with("unit_price", "0")), None);
+    }
+
+    #[test]
+    fn escaped_strings_and_money_are_read_exactly() {
+        let e = decode(EventKind::OnlineOrder, Some(with("event_id", r#""e\u00e9\"1""#).as_bytes()))
+            .expect("valid");
+        assert_eq!(e.event_id, "eé\"1");
+        assert_eq!(exact_decimal("12", Some("05")), Some(Decimal::new(1205, 2)));
+        assert_eq!(exact_decimal("0", None), Some(Decimal::ZERO));
+        assert_eq!(exact_decimal("999999999999999999", None), Some(Decimal::new(999_999_999_999_999_999, 0)));
+        let big = exact_decimal("12345678901234567890123", Some("45")).expect("in range");
+        assert_eq!(big.to_string(), "12345678901234567890123.45");
+        assert_eq!(exact_decimal(&"9".repeat(40), None), None);
     }
 
     #[test]
