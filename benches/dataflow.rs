@@ -4,6 +4,9 @@
 //!
 //! `cargo bench --bench dataflow` (STOCKFLOW_BENCH_EVENTS, default 200000)
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use dataflow::harness;
 use dataflow::records::RawMessage;

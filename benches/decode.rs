@@ -2,6 +2,9 @@
 //!
 //! `cargo bench --bench decode`
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dataflow::EventKind;
 use dataflow::validate::decode;

@@ -3,10 +3,10 @@
 //! ```text
 //!  raw messages ──decode──▶ exchange(event_id) ──▶ Validate ──▶ outcomes ─┐
 //!  reference updates ──broadcast────────────────────┘   │                  │
-//!                                                        │ applied          │
+//!                                 per-epoch sums of the │ applied events   │
 //!              ┌─────────────────────────────────────────┘                  │
-//!              ├─ explode (product, delta) ── consolidate ──▶ stock deltas ─┤
-//!              ├─ explode ((day, product, source), (units, cents, 1))       │
+//!              ├─ (product, delta) ── consolidate ──▶ stock deltas ─────────┤
+//!              ├─ ((day, product, source), (units, cents, orders))          │
 //!              │            ── consolidate ──▶ sales_daily deltas ──────────┤
 //!              └─ + opening stock ── count ── join reorder levels           │
 //!                         ── low-stock set changes ──────────────────────────┤
@@ -18,7 +18,10 @@
 //! It holds messages of epoch `t` until both its inputs have passed `t`, so
 //! that reference data committed up to `t` is known, and then handles the
 //! epoch's messages in position order: the outcome does not depend on how
-//! messages were spread over workers.
+//! messages were spread over workers. It also sums the epoch's applied
+//! events per product and per `sales_daily` row before they leave it (a
+//! combiner), so the differential operators downstream see a record per key
+//! and epoch, not one per event.
 //!
 //! *Commit* gathers everything of epoch `t` on worker 0 and, once the
 //! frontier has passed `t`, hands one [`EpochBatch`] to the driver, which
@@ -36,8 +39,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::collection::AsCollection;
-use rust_decimal::Decimal;
-use rust_decimal::prelude::ToPrimitive;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Concat;
@@ -46,7 +47,9 @@ use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
 
 use crate::dedup::{AppliedLookup, DedupState, IdKey, Seen, id_key};
 use crate::model::{ErrorCode, Rejection};
-use crate::records::{Decoded, Epoch, EpochBatch, Outcome, RawMessage, RefUpdate, SalesDelta, SinkRecord};
+use crate::records::{
+    Decoded, Epoch, EpochBatch, Outcome, RawMessage, RefUpdate, SalesDelta, SalesKey, SinkRecord,
+};
 
 /// Settings of the graph.
 pub struct GraphConfig {
@@ -83,23 +86,17 @@ type NameSet = HashSet<String, foldhash::fast::RandomState>;
 
 type RecordStream<'scope, D> = Stream<'scope, Epoch, Vec<D>>;
 
-/// What `Validate` emits: every message's outcome, and for each applied
-/// event the little the aggregates need.
+/// What `Validate` emits: every message's outcome (for the commit), and
+/// the epoch's applied events already summed per key on this worker (a
+/// combiner: the aggregates downstream then sort hundreds of records per
+/// epoch, not one per event).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Validated {
     Outcome(Outcome),
-    Delta(Delta),
-}
-
-/// An applied event, reduced to what stock and sales need.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-struct Delta {
-    product_id: String,
-    delta: i64,
-    day: chrono::NaiveDate,
-    source: Option<crate::model::SaleSource>,
-    units: i64,
-    revenue_cents: i128,
+    /// Net stock change of a product.
+    Stock(String, i64),
+    /// Change to a `sales_daily` row: units, revenue in cents, sale events.
+    Sales(SalesKey, (i64, i128, i64)),
 }
 
 /// Builds the graph; returns the stream of records for the commit, already
@@ -112,35 +109,34 @@ pub fn build<'scope>(
     stats: Arc<GraphStats>,
 ) -> RecordStream<'scope, (SinkRecord, Epoch)> {
     let decoded = raw.map(Decoded::new);
-    // Validate emits each outcome (for the commit) and, for applied events,
-    // a compact delta (for the aggregates). `partition` moves each record to
-    // one branch: nothing heavy (raw values, whole events) is cloned.
-    let mut branches = validate(decoded, refs.clone(), config, stats).partition(2, |v| match v {
+    // Validate emits each outcome (for the commit) and the epoch's sums (for
+    // the aggregates). `partition` moves each record to one branch: nothing
+    // heavy (raw values, whole events) is cloned.
+    let mut branches = validate(decoded, refs.clone(), config, stats).partition(3, |v| match v {
         Validated::Outcome(_) => (0, v),
-        Validated::Delta(_) => (1, v),
+        Validated::Stock(..) => (1, v),
+        Validated::Sales(..) => (2, v),
     });
-    let deltas = branches.pop().expect("two branches").flat_map(|v| match v {
-        Validated::Delta(d) => Some(d),
-        Validated::Outcome(_) => None,
-    });
-    let outcomes = branches.pop().expect("two branches").flat_map(|v| match v {
+    let sales_in = branches.pop().expect("three branches");
+    let stock_in = branches.pop().expect("three branches");
+    let outcomes = branches.pop().expect("three branches").flat_map(|v| match v {
         Validated::Outcome(o) => Some(o),
-        Validated::Delta(_) => None,
+        _ => None,
     });
-    let applied = with_time(deltas);
 
-    // Net stock change per product and epoch.
-    let stock_deltas = applied.clone().explode(|d| Some((d.product_id, d.delta))).consolidate();
+    // Net stock change per product and epoch, over all workers.
+    let stock_deltas = as_updates(stock_in, |v| match v {
+        Validated::Stock(p, d) => Some((p, d)),
+        _ => None,
+    })
+    .consolidate();
 
     // Net sales_daily change per (day, product, source) and epoch.
-    let sales = applied
-        .inner
-        .flat_map(|(d, t, r)| {
-            let source = d.source?;
-            Some(((d.day, d.product_id, source), t, (d.units * r, d.revenue_cents * i128::from(r), r)))
-        })
-        .as_collection()
-        .consolidate();
+    let sales = as_updates(sales_in, |v| match v {
+        Validated::Sales(key, diff) => Some((key, diff)),
+        _ => None,
+    })
+    .consolidate();
 
     // The low-stock set: products whose stock (opening + applied) is at or
     // below their reorder level. Stock is a count keyed by product; a product
@@ -167,9 +163,23 @@ pub fn build<'scope>(
         .concat(low.inner.map(|((p, _level), t, d)| (SinkRecord::LowStock(p, d > 0), t)))
 }
 
-/// Revenue in cents; money has at most 2 decimal places by the contract.
-fn to_cents(d: Decimal) -> i128 {
-    (d * Decimal::ONE_HUNDRED).trunc().to_i128().unwrap_or_default()
+/// A stream of `(data, diff)` records, as a differential collection at its epoch.
+fn as_updates<'scope, I: Clone + 'static, D: Clone + 'static, R: Clone + 'static>(
+    s: RecordStream<'scope, I>,
+    mut f: impl FnMut(I) -> Option<(D, R)> + 'static,
+) -> VecCollection<'scope, Epoch, D, R> {
+    s.unary(Pipeline, "AsUpdates", move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let Some(t) = cap.least().copied() else { return };
+                let mut session = output.session(&cap);
+                for (d, r) in data.drain(..).filter_map(&mut f) {
+                    session.give((d, t, r));
+                }
+            });
+        }
+    })
+    .as_collection()
 }
 
 /// A stream of records, as a differential collection at its epoch with diff 1.
@@ -316,6 +326,8 @@ fn decide_epoch(
         lookup.applied(&old_ids)
     };
     let mut out = Vec::with_capacity(batch.len());
+    let mut stock: HashMap<String, i64, foldhash::fast::RandomState> = HashMap::default();
+    let mut sales: HashMap<SalesKey, (i64, i128, i64), foldhash::fast::RandomState> = HashMap::default();
     for Decoded { msg, result } in batch {
         let event = match result {
             Ok(e) => e,
@@ -355,14 +367,18 @@ fn decide_epoch(
         match seen {
             Seen::New => {
                 dedup.record_applied(key, hash, event.occurred_at, epoch);
-                out.push(Validated::Delta(Delta {
-                    product_id: event.product_id.clone(),
-                    delta: event.delta(),
-                    day: event.day(),
-                    source: event.kind().sale_source(),
-                    units: i64::from(event.quantity),
-                    revenue_cents: event.revenue().map(to_cents).unwrap_or_default(),
-                }));
+                match stock.get_mut(event.product_id.as_str()) {
+                    Some(d) => *d += event.delta(),
+                    None => {
+                        stock.insert(event.product_id.clone(), event.delta());
+                    }
+                }
+                if let Some(source) = event.kind().sale_source() {
+                    let row = sales.entry((event.day(), event.product_id.clone(), source)).or_default();
+                    row.0 += i64::from(event.quantity);
+                    row.1 += event.revenue_cents();
+                    row.2 += 1;
+                }
                 out.push(Validated::Outcome(Outcome::Applied { msg, event, hash }));
             }
             Seen::Same => {
@@ -381,6 +397,8 @@ fn decide_epoch(
             }
         }
     }
+    out.extend(stock.into_iter().filter(|(_, d)| *d != 0).map(|(p, d)| Validated::Stock(p, d)));
+    out.extend(sales.into_iter().map(|(k, diff)| Validated::Sales(k, diff)));
     out
 }
 

@@ -13,6 +13,9 @@ use crate::graph::{self, GraphConfig, GraphStats};
 use crate::model::Catalog;
 use crate::records::{EpochBatch, RawMessage, RefUpdate};
 
+/// Epochs a worker sends before it waits for the dataflow to finish older ones.
+const IN_FLIGHT: u64 = 2;
+
 /// Reference updates that load `catalog` (products with their reorder level, suppliers).
 pub fn catalog_updates(catalog: &Catalog) -> Vec<RefUpdate> {
     let mut v: Vec<RefUpdate> = catalog
@@ -97,6 +100,11 @@ pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Ve
             opening.advance_to(epoch);
             opening.flush();
             raw.send_batch(&mut messages);
+            // Like a real driver: read on while the dataflow keeps up, at
+            // most a few epochs ahead of what it has finished.
+            while probe.less_than(&epoch.saturating_sub(IN_FLIGHT)) {
+                worker.step();
+            }
         }
         let end = rounds as u64 + 1;
         raw.advance_to(end);

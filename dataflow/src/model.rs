@@ -171,6 +171,24 @@ impl Event {
         }
     }
 
+    /// [`Event::revenue`] in cents, exact (prices have at most 2 decimal
+    /// places by the contract); 0 for a restock.
+    pub fn revenue_cents(&self) -> i128 {
+        let price = match &self.detail {
+            EventDetail::OnlineOrder { unit_price, .. } | EventDetail::StoreSale { unit_price, .. } => {
+                *unit_price
+            }
+            EventDetail::SupplierRestock { .. } => return 0,
+        };
+        let q = i128::from(self.quantity);
+        match price.scale() {
+            0 => price.mantissa() * 100 * q,
+            1 => price.mantissa() * 10 * q,
+            2 => price.mantissa() * q,
+            _ => (price * Decimal::ONE_HUNDRED).trunc().mantissa() * q,
+        }
+    }
+
     /// A 128-bit fingerprint of the event's contract content.
     ///
     /// Two messages with the same `event_id` are the *same* event when every
@@ -180,16 +198,28 @@ impl Event {
     /// length-prefixed encoding of exactly those values, so it is stable across
     /// processes and versions (xxh3-128 is a fixed algorithm).
     pub fn content_hash(&self) -> u128 {
-        let mut buf = Vec::with_capacity(192);
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            self.fingerprint_bytes(buf);
+            xxhash_rust::xxh3::xxh3_128(buf)
+        })
+    }
+
+    /// The bytes [`Event::content_hash`] hashes.
+    fn fingerprint_bytes(&self, buf: &mut Vec<u8>) {
+        use std::io::Write;
         fn put(buf: &mut Vec<u8>, s: &str) {
             buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
             buf.extend_from_slice(s.as_bytes());
         }
-        put(&mut buf, self.kind().event_type());
-        put(&mut buf, &self.event_id);
+        put(buf, self.kind().event_type());
+        put(buf, &self.event_id);
         buf.extend_from_slice(&self.occurred_at.timestamp().to_le_bytes());
         buf.extend_from_slice(&self.occurred_at.timestamp_subsec_nanos().to_le_bytes());
-        put(&mut buf, &self.product_id);
+        put(buf, &self.product_id);
         buf.extend_from_slice(&self.quantity.to_le_bytes());
         let (a, b, money) = match &self.detail {
             EventDetail::OnlineOrder { order_id, customer_id, unit_price } => {
@@ -200,10 +230,15 @@ impl Event {
                 (restock_id, supplier_id, unit_cost)
             }
         };
-        put(&mut buf, a);
-        put(&mut buf, b);
-        put(&mut buf, &money.normalize().to_string());
-        xxhash_rust::xxh3::xxh3_128(&buf)
+        put(buf, a);
+        put(buf, b);
+        // The money's text, length first, written in place.
+        let at = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        // Writing to a Vec cannot fail.
+        let _ = write!(buf, "{}", money.normalize());
+        let len = (buf.len() - at - 4) as u32;
+        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }
 }
 

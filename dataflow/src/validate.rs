@@ -418,6 +418,20 @@ mod tests {
     }
 
     #[test]
+    fn content_hash_is_stable_across_versions() {
+        // Fingerprints are stored in `events_log`: a new build must compute
+        // the same value as the builds that wrote them.
+        let a = decode(EventKind::OnlineOrder, Some(ORDER.as_bytes())).expect("valid");
+        assert_eq!(a.content_hash(), 130_588_008_500_639_093_424_455_930_246_222_457_418);
+        assert_eq!(a.revenue_cents(), 1020);
+        let whole = decode(EventKind::OnlineOrder, Some(with("unit_price", "7").as_bytes())).expect("valid");
+        assert_eq!(whole.revenue_cents(), 1400);
+        let tenths =
+            decode(EventKind::OnlineOrder, Some(with("unit_price", "0.5").as_bytes())).expect("valid");
+        assert_eq!(tenths.revenue_cents(), 100);
+    }
+
+    #[test]
     fn content_hash_ignores_formatting_but_not_values() {
         let a = decode(EventKind::OnlineOrder, Some(ORDER.as_bytes())).expect("valid");
         let b = decode(
