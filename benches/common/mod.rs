@@ -52,7 +52,8 @@ pub fn command(url: &str, prefix: &str, args: &[&str]) -> Command {
         .env("DATABASE_URL", url)
         .env("KAFKA_BROKERS", brokers())
         .env("STOCKFLOW_TOPIC_PREFIX", prefix)
-        .env("RUST_LOG", "warn");
+        // STOCKFLOW_BENCH_LOG=info shows the processor's line per epoch.
+        .env("RUST_LOG", std::env::var("STOCKFLOW_BENCH_LOG").unwrap_or_else(|_| "warn".into()));
     c
 }
 

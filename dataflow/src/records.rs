@@ -169,6 +169,43 @@ impl EpochBatch {
     pub fn is_empty(&self) -> bool {
         self.outcomes.is_empty() && self.low_stock_changes.is_empty()
     }
+
+    /// Takes in the batch of a later epoch, so both commit in one
+    /// transaction as if they were one epoch (`later`'s): messages stay in
+    /// epoch order, stock and sales changes are summed, and a product's
+    /// last low-stock change wins.
+    pub fn absorb(&mut self, later: EpochBatch) {
+        debug_assert!(later.epoch >= self.epoch, "epochs merge in order");
+        self.epoch = later.epoch;
+        self.outcomes.extend(later.outcomes);
+        let mut stock: std::collections::BTreeMap<String, i64> =
+            std::mem::take(&mut self.stock_deltas).into_iter().collect();
+        for (p, d) in later.stock_deltas {
+            *stock.entry(p).or_insert(0) += d;
+        }
+        // A product whose changes cancel out keeps a 0 entry: harmless, the
+        // commit writes an increment of 0 for it.
+        self.stock_deltas = stock.into_iter().collect();
+        let mut sales: std::collections::BTreeMap<SalesKey, (i64, i128, i64)> =
+            std::mem::take(&mut self.sales)
+                .into_iter()
+                .map(|s| (s.key, (s.units, s.revenue_cents, s.orders)))
+                .collect();
+        for s in later.sales {
+            let row = sales.entry(s.key).or_insert((0, 0, 0));
+            row.0 += s.units;
+            row.1 += s.revenue_cents;
+            row.2 += s.orders;
+        }
+        self.sales = sales
+            .into_iter()
+            .map(|(key, (units, revenue_cents, orders))| SalesDelta { key, units, revenue_cents, orders })
+            .collect();
+        let mut low: std::collections::BTreeMap<String, bool> =
+            std::mem::take(&mut self.low_stock_changes).into_iter().collect();
+        low.extend(later.low_stock_changes);
+        self.low_stock_changes = low.into_iter().collect();
+    }
 }
 
 /// One record for the committing worker.
@@ -182,4 +219,59 @@ pub enum SinkRecord {
     Sales(SalesDelta),
     /// A low-stock set change.
     LowStock(String, bool),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SaleSource;
+
+    #[test]
+    fn absorbing_a_later_epoch_sums_changes_and_keeps_message_order() {
+        let msg = |offset| Outcome::Duplicate {
+            msg: RawMessage {
+                kind: EventKind::OnlineOrder,
+                partition: 0,
+                offset,
+                timestamp_ms: None,
+                key: None,
+                value: None,
+            },
+        };
+        let day = NaiveDate::from_ymd_opt(2026, 11, 26).expect("day");
+        let sale = |units| SalesDelta {
+            key: (day, "P1".into(), SaleSource::Online),
+            units,
+            revenue_cents: 100 * i128::from(units),
+            orders: 1,
+        };
+        let mut a = EpochBatch {
+            epoch: 10,
+            outcomes: vec![msg(1), msg(2)],
+            stock_deltas: vec![("P1".into(), -3), ("P2".into(), 5)],
+            sales: vec![sale(3)],
+            low_stock_changes: vec![("P1".into(), true)],
+        };
+        let b = EpochBatch {
+            epoch: 20,
+            outcomes: vec![msg(3)],
+            stock_deltas: vec![("P1".into(), 3), ("P3".into(), -1)],
+            sales: vec![sale(2)],
+            low_stock_changes: vec![("P1".into(), false), ("P3".into(), true)],
+        };
+        a.absorb(b);
+        assert_eq!(a.epoch, 20);
+        assert_eq!(a.outcomes.iter().map(|o| o.msg().offset).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(a.stock_deltas, [("P1".to_string(), 0), ("P2".to_string(), 5), ("P3".to_string(), -1)]);
+        assert_eq!(
+            a.sales,
+            [SalesDelta {
+                key: (day, "P1".into(), SaleSource::Online),
+                units: 5,
+                revenue_cents: 500,
+                orders: 2
+            }]
+        );
+        assert_eq!(a.low_stock_changes, [("P1".to_string(), false), ("P3".to_string(), true)]);
+    }
 }
