@@ -68,6 +68,19 @@ async fn main() {
         .await
         .unwrap();
     let (n, p50, p99, max): (i64, f64, f64, f64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    // Where the time goes: an event's epoch is the wall-clock slot in which
+    // the processor read it (epoch = slot start, Unix ms). So
+    //   produce -> read     = slot start - Kafka timestamp (producer, broker, fetch; at most one slot early)
+    //   read -> committed   = commit end - slot start (the processor's own share, the slot's wait included)
+    let split = client
+        .query_one(
+            "WITH d AS (SELECT extract(epoch FROM (to_timestamp(p.epoch / 1000.0) - e.kafka_timestamp)) * 1000 AS broker,                                extract(epoch FROM (p.committed_at - to_timestamp(p.epoch / 1000.0))) * 1000 AS own                         FROM events_log e JOIN epochs p USING (epoch) WHERE e.status = 'applied')              SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY broker), percentile_cont(0.99) WITHIN GROUP (ORDER BY broker),                     percentile_cont(0.5) WITHIN GROUP (ORDER BY own), percentile_cont(0.99) WITHIN GROUP (ORDER BY own),                     max(own)::float8 FROM d",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (b50, b99, o50, o99, omax): (f64, f64, f64, f64, f64) =
+        (split.get(0), split.get(1), split.get(2), split.get(3), split.get(4));
     let commit = client
         .query_one(
             "WITH c AS (SELECT extract(epoch FROM (committed_at - started_at)) * 1000 AS ms FROM epochs) \
@@ -79,6 +92,10 @@ async fn main() {
         .unwrap();
     let (epochs, c50, c99): (i64, f64, f64) = (commit.get(0), commit.get(1), commit.get(2));
     println!("produce -> committed over {n} events: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
+    println!("  produce -> read (producer, broker, fetch): p50 {b50:.1} ms, p99 {b99:.1} ms");
+    println!(
+        "  read -> committed (the processor, epoch wait included): p50 {o50:.1} ms, p99 {o99:.1} ms, max {omax:.1} ms"
+    );
     println!(
         "transaction per epoch over {epochs} epochs: p50 {c50:.1} ms, p99 {c99:.1} ms; peak RSS {:.0} MB",
         mb(rss)
