@@ -670,8 +670,10 @@ fn commit_epochs(
         // ran go into one transaction, so a slow commit is not followed by
         // a backlog of small ones (latency stays about one commit long).
         let mut merged = 1u32;
+        batch.seal();
         while batch.outcomes.len() < MAX_GROUP_MESSAGES {
-            let Ok(next) = rx.try_recv() else { break };
+            let Ok(mut next) = rx.try_recv() else { break };
+            next.seal();
             batch.absorb(next);
             merged += 1;
         }

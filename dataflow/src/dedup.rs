@@ -74,6 +74,8 @@ pub struct DedupState {
     /// The ids of each second of event time (Unix seconds), oldest first.
     by_second: BTreeMap<i64, Vec<IdKey>>,
     newest: Option<DateTime<Utc>>,
+    /// `newest - horizon`, kept with `newest`.
+    cutoff: Option<DateTime<Utc>>,
     /// At most this many ids in `ids`; beyond it the oldest seconds leave early.
     max_ids: usize,
     /// Events at or before this instant are not covered (set when the id
@@ -96,6 +98,7 @@ impl DedupState {
             ids: HashMap::default(),
             by_second: BTreeMap::new(),
             newest: None,
+            cutoff: None,
             late: HashMap::default(),
         }
     }
@@ -112,12 +115,19 @@ impl DedupState {
 
     /// Events before this instant are not covered by memory.
     pub fn cutoff(&self) -> Option<DateTime<Utc>> {
-        self.newest.map(|n| n - self.horizon)
+        self.cutoff
     }
 
     /// Whether memory alone can answer for an event at `at`.
     pub fn covers(&self, at: DateTime<Utc>) -> bool {
-        self.cutoff().is_none_or(|c| at >= c) && self.floor.is_none_or(|f| at > f)
+        self.cutoff.is_none_or(|c| at >= c) && self.floor.is_none_or(|f| at > f)
+    }
+
+    fn see_time(&mut self, at: DateTime<Utc>) {
+        if self.newest.is_none_or(|n| at > n) {
+            self.newest = Some(at);
+            self.cutoff = at.checked_sub_signed(self.horizon);
+        }
     }
 
     /// Declares that memory cannot answer for events at or before `at`
@@ -150,10 +160,43 @@ impl DedupState {
         self.record(id, hash, at, epoch);
     }
 
-    fn record(&mut self, id: IdKey, hash: u128, at: DateTime<Utc>, epoch: u64) {
-        if self.newest.is_none_or(|n| at > n) {
-            self.newest = Some(at);
+    /// Decides an event that passed the reference checks and, when it is
+    /// new, remembers it as applied in `epoch`. `stored` is the fingerprint
+    /// the database holds for the id, when it was looked up (events memory
+    /// does not cover). The common case (a covered event, nothing late,
+    /// nothing from the database) costs one hash-table lookup.
+    pub fn admit(
+        &mut self,
+        id: IdKey,
+        hash: u128,
+        at: DateTime<Utc>,
+        epoch: u64,
+        stored: Option<u128>,
+    ) -> Seen {
+        let verdict = |h: u128| if h == hash { Seen::Same } else { Seen::Conflict };
+        if stored.is_none() && self.late.is_empty() && self.covers(at) {
+            return match self.ids.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => verdict(e.get().0),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((hash, epoch));
+                    self.see_time(at);
+                    self.by_second.entry(at.timestamp()).or_default().push(id);
+                    Seen::New
+                }
+            };
         }
+        let seen = match (self.check(id, hash), stored) {
+            (Seen::New, Some(h)) => verdict(h),
+            (seen, _) => seen,
+        };
+        if seen == Seen::New {
+            self.record_applied(id, hash, at, epoch);
+        }
+        seen
+    }
+
+    fn record(&mut self, id: IdKey, hash: u128, at: DateTime<Utc>, epoch: u64) {
+        self.see_time(at);
         if self.covers(at) {
             self.by_second.entry(at.timestamp()).or_default().push(id);
             self.ids.insert(id, (hash, epoch));
@@ -228,6 +271,26 @@ mod tests {
         assert!(d.covers(t(999)));
         assert_eq!(d.check(id_key("e999"), 999), Seen::Same);
         assert_eq!(d.late_len(), 0, "everything evicted was committed");
+    }
+
+    #[test]
+    fn admit_decides_and_remembers_in_one_step() {
+        let mut d = DedupState::new(Duration::hours(24), 1_000);
+        assert_eq!(d.admit(id_key("a"), 1, t(100), 1, None), Seen::New);
+        assert_eq!(d.admit(id_key("a"), 1, t(100), 2, None), Seen::Same);
+        assert_eq!(d.admit(id_key("a"), 2, t(100), 2, None), Seen::Conflict);
+        // Older than the horizon: the database's answer decides.
+        assert!(!d.covers(t(10)));
+        assert_eq!(d.admit(id_key("old"), 5, t(10), 3, Some(5)), Seen::Same);
+        assert_eq!(d.admit(id_key("old2"), 5, t(10), 3, Some(6)), Seen::Conflict);
+        assert_eq!(d.admit(id_key("old3"), 5, t(10), 3, None), Seen::New);
+        assert_eq!(d.late_len(), 1, "a late id is held until its epoch commits");
+        // While a late id waits, the slow path still answers from memory.
+        assert_eq!(d.admit(id_key("old3"), 5, t(10), 4, None), Seen::Same);
+        assert_eq!(d.admit(id_key("b"), 7, t(101), 4, None), Seen::New);
+        assert_eq!(d.check(id_key("b"), 7), Seen::Same);
+        d.committed(3);
+        assert_eq!(d.late_len(), 0);
     }
 
     fn t(h: i64) -> DateTime<Utc> {

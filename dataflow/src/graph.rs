@@ -357,16 +357,9 @@ fn decide_epoch(
             continue;
         }
         let hash = event.content_hash();
-        let key = id_key(&event.event_id);
-        let mut seen = dedup.check(key, hash);
-        if seen == Seen::New
-            && let Some(h) = from_db.get(&event.event_id)
-        {
-            seen = if *h == hash { Seen::Same } else { Seen::Conflict };
-        }
-        match seen {
+        let stored = if from_db.is_empty() { None } else { from_db.get(&event.event_id).copied() };
+        match dedup.admit(id_key(&event.event_id), hash, event.occurred_at, epoch, stored) {
             Seen::New => {
-                dedup.record_applied(key, hash, event.occurred_at, epoch);
                 match stock.get_mut(event.product_id.as_str()) {
                     Some(d) => *d += event.delta(),
                     None => {
@@ -403,7 +396,9 @@ fn decide_epoch(
 }
 
 /// Gathers the records of each epoch on worker 0 and calls `on_epoch` once
-/// the frontier has passed it, in epoch order. Returns nothing; attach a
+/// the frontier has passed it, in epoch order. The batch is not in a
+/// canonical order yet: the receiver calls [`EpochBatch::seal`] (off the
+/// worker thread, in the driver's committer). Returns nothing; attach a
 /// probe to `records` to know how far the commit has got.
 pub fn commit_sink<'scope, F>(records: RecordStream<'scope, (SinkRecord, Epoch)>, on_epoch: F)
 where
@@ -413,13 +408,18 @@ where
     let mut stash: BTreeMap<Epoch, EpochBatch> = BTreeMap::new();
     records.sink(Exchange::new(|_| 0), "Commit", move |(input, frontier)| {
         input.for_each(|_cap, data| {
-            for (r, t) in data.drain(..) {
+            // Records of one epoch come in runs: one map lookup per run.
+            let mut records = data.drain(..).peekable();
+            while let Some((first, t)) = records.next() {
                 let batch = stash.entry(t).or_insert_with(|| EpochBatch { epoch: t, ..Default::default() });
-                match r {
-                    SinkRecord::Outcome(o) => batch.outcomes.push(o),
-                    SinkRecord::Stock(p, d) => batch.stock_deltas.push((p, d)),
-                    SinkRecord::Sales(s) => batch.sales.push(s),
-                    SinkRecord::LowStock(p, low) => batch.low_stock_changes.push((p, low)),
+                let rest = std::iter::from_fn(|| records.next_if(|(_, u)| *u == t).map(|(r, _)| r));
+                for r in std::iter::once(first).chain(rest) {
+                    match r {
+                        SinkRecord::Outcome(o) => batch.outcomes.push(o),
+                        SinkRecord::Stock(p, d) => batch.stock_deltas.push((p, d)),
+                        SinkRecord::Sales(s) => batch.sales.push(s),
+                        SinkRecord::LowStock(p, low) => batch.low_stock_changes.push((p, low)),
+                    }
                 }
             }
         });
@@ -427,11 +427,7 @@ where
             if frontier.less_equal(&t) {
                 break;
             }
-            let Some((_, mut batch)) = stash.pop_first() else { break };
-            batch.outcomes.sort_by_key(|o| o.msg().position());
-            batch.stock_deltas.sort();
-            batch.sales.sort_by(|a, b| a.key.cmp(&b.key));
-            batch.low_stock_changes.sort();
+            let Some((_, batch)) = stash.pop_first() else { break };
             (on_epoch.borrow_mut())(batch);
         }
     });

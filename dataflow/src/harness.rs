@@ -120,5 +120,8 @@ pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Ve
     }
     let mut v = out.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
     v.sort_by_key(|b| b.epoch);
+    for b in &mut v {
+        b.seal();
+    }
     v
 }

@@ -154,7 +154,7 @@ pub struct SalesDelta {
 pub struct EpochBatch {
     /// The epoch.
     pub epoch: Epoch,
-    /// Every message of the epoch, in position order.
+    /// Every message of the epoch (in position order once sealed).
     pub outcomes: Vec<Outcome>,
     /// Net stock change per product in this epoch (non-zero only).
     pub stock_deltas: Vec<(String, i64)>,
@@ -168,6 +168,16 @@ impl EpochBatch {
     /// Whether there is nothing to commit.
     pub fn is_empty(&self) -> bool {
         self.outcomes.is_empty() && self.low_stock_changes.is_empty()
+    }
+
+    /// Puts the batch in its canonical order: messages by position (topic,
+    /// partition, offset), changes by key. The order, and so everything
+    /// written from it, does not depend on the number of workers.
+    pub fn seal(&mut self) {
+        self.outcomes.sort_by_key(|o| o.msg().position());
+        self.stock_deltas.sort();
+        self.sales.sort_by(|a, b| a.key.cmp(&b.key));
+        self.low_stock_changes.sort();
     }
 
     /// Takes in the batch of a later epoch, so both commit in one
