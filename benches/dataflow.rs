@@ -45,11 +45,13 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(n));
     for workers in [1, 2] {
         group.bench_function(format!("{workers}_workers"), |b| {
-            // The input is built and the output dropped outside the timed
-            // region: they are the source's and the committer's work.
+            // The input is built (and split over the workers, as the
+            // sources' partitions would be) and the output dropped outside
+            // the timed region. Timed: the workers and the committer
+            // thread's sealing, until the last epoch is sealed.
             b.iter_batched(
-                || (catalog.clone(), epochs.clone()),
-                |(catalog, epochs)| harness::run(workers, catalog, epochs),
+                || (catalog.clone(), harness::split(workers, epochs.clone())),
+                |(catalog, shares)| harness::run_shares(catalog, shares),
                 BatchSize::PerIteration,
             )
         });

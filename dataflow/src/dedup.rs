@@ -19,7 +19,7 @@
 //! Memory is thus bounded by the traffic inside the horizon, not by the
 //! number of events ever seen. Most traffic is recent, so lookups are rare.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -69,10 +69,16 @@ type Fast = foldhash::fast::FixedState;
 #[derive(Debug)]
 pub struct DedupState {
     horizon: Duration,
-    /// id -> (content fingerprint, epoch applied in; 0 = an earlier run).
-    ids: HashMap<IdKey, (u128, u64), Fast>,
-    /// The ids of each second of event time (Unix seconds), oldest first.
-    by_second: BTreeMap<i64, Vec<IdKey>>,
+    /// id -> (low 64 bits of the content fingerprint, epoch applied in;
+    /// 0 = an earlier run). 32 bytes an entry. Two contents of one id are
+    /// told apart unless their fingerprints agree in 64 bits (2⁻⁶⁴).
+    ids: HashMap<IdKey, (u64, u64), Fast>,
+    /// (Unix second of event time, id) in the order ids were remembered:
+    /// eviction pops from the front. Events come roughly in time order; an
+    /// older one behind a newer one just stays a little longer. Every id
+    /// that leaves has a time before the cutoff or at or before the floor,
+    /// so memory never claims to cover an id it let go of.
+    order: VecDeque<(i64, [u64; 2])>,
     newest: Option<DateTime<Utc>>,
     /// `newest - horizon`, kept with `newest`.
     cutoff: Option<DateTime<Utc>>,
@@ -84,7 +90,7 @@ pub struct DedupState {
     /// Applied ids older than the cutoff whose epoch may not be committed
     /// yet: the database cannot answer for them, so memory must, until the
     /// commit of their epoch is known.
-    late: HashMap<IdKey, (u128, u64), Fast>,
+    late: HashMap<IdKey, (u64, u64), Fast>,
 }
 
 impl DedupState {
@@ -96,7 +102,7 @@ impl DedupState {
             max_ids: max_ids.max(1),
             floor: None,
             ids: HashMap::default(),
-            by_second: BTreeMap::new(),
+            order: VecDeque::new(),
             newest: None,
             cutoff: None,
             late: HashMap::default(),
@@ -146,7 +152,7 @@ impl DedupState {
     pub fn check(&self, id: IdKey, hash: u128) -> Seen {
         match self.ids.get(&id).or_else(|| self.late.get(&id)) {
             None => Seen::New,
-            Some((h, _)) if *h == hash => Seen::Same,
+            Some((h, _)) if *h == hash as u64 => Seen::Same,
             Some(_) => Seen::Conflict,
         }
     }
@@ -154,7 +160,7 @@ impl DedupState {
     /// Remembers an event applied in `epoch` and moves the horizon.
     pub fn record_applied(&mut self, id: IdKey, hash: u128, at: DateTime<Utc>, epoch: u64) {
         if !self.covers(at) {
-            self.late.insert(id, (hash, epoch));
+            self.late.insert(id, (hash as u64, epoch));
             return;
         }
         self.record(id, hash, at, epoch);
@@ -173,20 +179,20 @@ impl DedupState {
         epoch: u64,
         stored: Option<u128>,
     ) -> Seen {
-        let verdict = |h: u128| if h == hash { Seen::Same } else { Seen::Conflict };
+        let verdict = |h: u64| if h == hash as u64 { Seen::Same } else { Seen::Conflict };
         if stored.is_none() && self.late.is_empty() && self.covers(at) {
             return match self.ids.entry(id) {
                 std::collections::hash_map::Entry::Occupied(e) => verdict(e.get().0),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert((hash, epoch));
+                    v.insert((hash as u64, epoch));
                     self.see_time(at);
-                    self.by_second.entry(at.timestamp()).or_default().push(id);
+                    self.order.push_back((at.timestamp(), split(id)));
                     Seen::New
                 }
             };
         }
         let seen = match (self.check(id, hash), stored) {
-            (Seen::New, Some(h)) => verdict(h),
+            (Seen::New, Some(h)) => verdict(h as u64),
             (seen, _) => seen,
         };
         if seen == Seen::New {
@@ -198,10 +204,10 @@ impl DedupState {
     fn record(&mut self, id: IdKey, hash: u128, at: DateTime<Utc>, epoch: u64) {
         self.see_time(at);
         if self.covers(at) {
-            self.by_second.entry(at.timestamp()).or_default().push(id);
-            self.ids.insert(id, (hash, epoch));
+            self.order.push_back((at.timestamp(), split(id)));
+            self.ids.insert(id, (hash as u64, epoch));
         } else if epoch > 0 {
-            self.late.insert(id, (hash, epoch));
+            self.late.insert(id, (hash as u64, epoch));
         }
     }
 
@@ -217,41 +223,44 @@ impl DedupState {
         self.late.len()
     }
 
-    /// Forgets ids that fell behind the horizon (whole seconds of event
-    /// time: an id may stay up to a second longer than the horizon, and
-    /// memory still answers truly for it), except those applied in an epoch
-    /// not yet known to be committed (the database cannot answer for them
-    /// yet): those wait in the late map for [`DedupState::committed`].
+    /// Forgets ids that fell behind the horizon (by whole seconds of event
+    /// time: an id may stay up to a second longer, and memory still answers
+    /// truly for it), except those applied in an epoch not yet known to be
+    /// committed (the database cannot answer for them yet): those wait in
+    /// the late map for [`DedupState::committed`].
     pub fn evict(&mut self, committed_epoch: u64) {
-        if let Some(cutoff) = self.cutoff() {
-            // Seconds that end at or before the cutoff hold only older events.
-            self.evict_seconds_before(cutoff.timestamp(), committed_epoch);
+        if let Some(cutoff) = self.cutoff {
+            let second = cutoff.timestamp();
+            while self.order.front().is_some_and(|(s, _)| *s < second) {
+                self.pop_oldest(committed_epoch);
+            }
         }
-        // The id cap: the oldest seconds leave until memory fits.
+        // The id cap: the oldest leave until memory fits, and memory stops
+        // covering their second.
         while self.ids.len() > self.max_ids {
-            let Some((&oldest, _)) = self.by_second.first_key_value() else { break };
-            let end_of_second = DateTime::from_timestamp(oldest + 1, 0)
+            let Some(second) = self.pop_oldest(committed_epoch) else { break };
+            let end_of_second = DateTime::from_timestamp(second + 1, 0)
                 .map(|t| t - Duration::nanoseconds(1))
                 .unwrap_or_default();
             self.raise_floor(end_of_second);
-            self.evict_seconds_before(oldest + 1, committed_epoch);
         }
     }
 
-    fn evict_seconds_before(&mut self, second: i64, committed_epoch: u64) {
-        while let Some(entry) = self.by_second.first_entry() {
-            if *entry.key() >= second {
-                break;
-            }
-            for id in entry.remove() {
-                if let Some((hash, epoch)) = self.ids.remove(&id)
-                    && epoch > committed_epoch
-                {
-                    self.late.insert(id, (hash, epoch));
-                }
-            }
+    /// Lets go of the id remembered first; returns its second.
+    fn pop_oldest(&mut self, committed_epoch: u64) -> Option<i64> {
+        let (second, [hi, lo]) = self.order.pop_front()?;
+        let id = (u128::from(hi) << 64) | u128::from(lo);
+        if let Some((hash, epoch)) = self.ids.remove(&id)
+            && epoch > committed_epoch
+        {
+            self.late.insert(id, (hash, epoch));
         }
+        Some(second)
     }
+}
+
+fn split(id: IdKey) -> [u64; 2] {
+    [(id >> 64) as u64, id as u64]
 }
 
 #[cfg(test)]
@@ -271,6 +280,22 @@ mod tests {
         assert!(d.covers(t(999)));
         assert_eq!(d.check(id_key("e999"), 999), Seen::Same);
         assert_eq!(d.late_len(), 0, "everything evicted was committed");
+    }
+
+    #[test]
+    fn out_of_order_ids_never_leave_while_memory_covers_them() {
+        let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).expect("ts");
+        let mut d = DedupState::new(Duration::hours(48), 10);
+        let seconds = [50, 10, 60, 20, 70, 30, 80, 40, 90, 5, 100, 15, 110, 25, 120, 35];
+        for (i, s) in seconds.iter().enumerate() {
+            assert_eq!(d.admit(id_key(&format!("x{i}")), i as u128, at(*s), 1, None), Seen::New);
+            d.evict(1);
+            assert!(d.len() <= 10);
+            for (j, s) in seconds.iter().enumerate().take(i + 1) {
+                let remembered = d.check(id_key(&format!("x{j}")), j as u128) == Seen::Same;
+                assert!(remembered || !d.covers(at(*s)), "x{j} at {s} left memory but is still covered");
+            }
+        }
     }
 
     #[test]

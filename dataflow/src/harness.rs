@@ -34,22 +34,47 @@ pub fn catalog_updates(catalog: &Catalog) -> Vec<RefUpdate> {
 /// graph on `workers` threads, with `catalog` as reference data and opening
 /// stock, and returns the committed batches in epoch order.
 pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Vec<EpochBatch> {
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let sink = out.clone();
-    let rounds = epochs.len();
-    // Each worker gets its share of every epoch up front (message j of an
-    // epoch goes to worker j % workers), to send without copying.
+    run_shares(catalog, split(workers, epochs))
+}
+
+/// Each worker's share of every epoch (message `j` of an epoch goes to
+/// worker `j % workers`), as the sources would read them.
+pub fn split(workers: usize, epochs: Vec<Vec<RawMessage>>) -> Vec<Vec<Vec<RawMessage>>> {
     let workers = workers.max(1);
-    let mut shares: Vec<Vec<Vec<RawMessage>>> = (0..workers).map(|_| Vec::with_capacity(rounds)).collect();
+    let mut shares: Vec<Vec<Vec<RawMessage>>> =
+        (0..workers).map(|_| Vec::with_capacity(epochs.len())).collect();
     for messages in epochs {
-        let mut split: Vec<Vec<RawMessage>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut parts: Vec<Vec<RawMessage>> = (0..workers).map(|_| Vec::new()).collect();
         for (j, m) in messages.into_iter().enumerate() {
-            split[j % workers].push(m);
+            parts[j % workers].push(m);
         }
-        for (share, part) in shares.iter_mut().zip(split) {
+        for (share, part) in shares.iter_mut().zip(parts) {
             share.push(part);
         }
     }
+    shares
+}
+
+/// [`run`] on input already split by [`split`]: one worker per share. Like
+/// the real driver, a committer thread receives each epoch's batch while
+/// the workers go on, and seals it ([`EpochBatch::seal`]).
+pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<EpochBatch> {
+    let workers = shares.len().max(1);
+    let rounds = shares.iter().map(Vec::len).max().unwrap_or(0);
+    let (sender, receiver) = std::sync::mpsc::channel::<EpochBatch>();
+    let committer = std::thread::spawn(move || {
+        let mut v: Vec<EpochBatch> = receiver
+            .into_iter()
+            .map(|mut b| {
+                b.seal();
+                b
+            })
+            .collect();
+        v.sort_by_key(|b| b.epoch);
+        v
+    });
+    let sink = Arc::new(Mutex::new(Some(sender)));
+    let sender_slot = sink.clone();
     let shares: Arc<Vec<Mutex<Vec<Vec<RawMessage>>>>> =
         Arc::new(shares.into_iter().map(Mutex::new).collect());
     let catalog = Arc::new(catalog);
@@ -77,9 +102,10 @@ pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Ve
                 Arc::new(GraphStats::default()),
             );
             let records = records.probe_with(&probe);
+            let sender = sink.lock().ok().and_then(|s| s.clone());
             graph::commit_sink(records, move |batch| {
-                if let Ok(mut v) = sink.lock() {
-                    v.push(batch);
+                if let Some(tx) = &sender {
+                    let _ = tx.send(batch);
                 }
             });
             opening_input
@@ -103,7 +129,7 @@ pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Ve
             // Like a real driver: read on while the dataflow keeps up, at
             // most a few epochs ahead of what it has finished.
             while probe.less_than(&epoch.saturating_sub(IN_FLIGHT)) {
-                worker.step();
+                worker.step_or_park(None);
             }
         }
         let end = rounds as u64 + 1;
@@ -112,16 +138,15 @@ pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Ve
         opening.advance_to(end);
         opening.flush();
         while probe.less_than(&end) {
-            worker.step();
+            worker.step_or_park(None);
         }
     });
     if let Ok(guards) = guards {
         drop(guards.join());
     }
-    let mut v = out.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
-    v.sort_by_key(|b| b.epoch);
-    for b in &mut v {
-        b.seal();
+    // The last sender goes: the committer sees the end of its input.
+    if let Ok(mut slot) = sender_slot.lock() {
+        slot.take();
     }
-    v
+    committer.join().unwrap_or_default()
 }
