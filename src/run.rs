@@ -218,6 +218,9 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
             partitions.push(PartitionStart { kind, topic: topic.clone(), partition, next_offset });
         }
     }
+    if args.process == 0 {
+        verify_resume_points(&client, &kafka, &offsets).await?;
+    }
     tracing::info!(
         partitions = partitions.len(),
         resumed = offsets.len(),
@@ -323,6 +326,72 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     }
     result?;
     tracing::info!(last_committed_epoch = shared.committed_epoch.load(Ordering::Relaxed), "stopped");
+    Ok(())
+}
+
+/// Refuses to resume from stored offsets into a topic that is not the one
+/// they came from: for each resumed partition, the last message logged in
+/// `events_log` must still be at its offset, byte for byte. A recreated,
+/// truncated or rewritten topic would otherwise make the processor skip the
+/// new topic's first messages or mis-apply others.
+async fn verify_resume_points(
+    client: &tokio_postgres::Client,
+    kafka: &ClientConfig,
+    offsets: &HashMap<(String, i32), i64>,
+) -> Result<()> {
+    let stored: Vec<(String, i32, i64)> = offsets.iter().map(|((t, p), n)| (t.clone(), *p, *n)).collect();
+    let logged: Vec<sources::kafka::LoggedMessage> = postgres::last_logged(client, &stored)
+        .await?
+        .into_iter()
+        .map(|(topic, partition, offset, value)| sources::kafka::LoggedMessage {
+            topic,
+            partition,
+            offset,
+            value,
+        })
+        .collect();
+    let base = kafka.clone();
+    let probe = logged.clone();
+    let findings = tokio::task::spawn_blocking(move || {
+        sources::kafka::check_logged(&base, &probe, Duration::from_secs(10))
+    })
+    .await
+    .context("offset check stopped")?
+    .context("cannot check the stored offsets against the broker")?;
+    let advice = "If the topic was recreated on purpose, delete its rows from source_offsets \
+                  (the processor then reads it from the start; event ids already applied stay applied).";
+    for (m, finding) in logged.iter().zip(findings) {
+        let next = offsets.get(&(m.topic.clone(), m.partition)).copied().unwrap_or_default();
+        match finding {
+            sources::kafka::Finding::Same => {}
+            sources::kafka::Finding::Different => bail!(
+                "input topic {} partition {} holds another message at offset {} than the one applied from it: \
+                 the topic was recreated or rewritten since offset {next} was stored, and resuming there would \
+                 skip or mis-apply messages. {advice}",
+                m.topic,
+                m.partition,
+                m.offset
+            ),
+            sources::kafka::Finding::PastEnd { high } => bail!(
+                "input topic {} partition {} ends at offset {high}, before the stored offset {next}: the topic \
+                 was recreated or truncated, and resuming there would skip its first messages. {advice}",
+                m.topic,
+                m.partition
+            ),
+            sources::kafka::Finding::Gone => tracing::warn!(
+                topic = %m.topic,
+                partition = m.partition,
+                offset = m.offset,
+                "the last logged message is no longer on the broker (retention?): resume point not verified"
+            ),
+            sources::kafka::Finding::Unknown => tracing::warn!(
+                topic = %m.topic,
+                partition = m.partition,
+                offset = m.offset,
+                "the broker did not return the last logged message in time: resume point not verified"
+            ),
+        }
+    }
     Ok(())
 }
 

@@ -408,3 +408,66 @@ async fn epochs_keep_increasing_when_the_epoch_length_changes() {
         0
     );
 }
+
+#[tokio::test]
+async fn resuming_into_a_recreated_topic_is_refused() {
+    // A first run stores its offsets; the topics are then "recreated": other
+    // topics with other messages stand where the stored offsets point (the
+    // rows are moved over, as if the broker had lost and re-made the topics).
+    let env = TestEnv::new("recreated").await;
+    env.prepare(20, 1);
+    env.produce_valid(&["--count", "200", "--seed", "51", "--invalid-ratio", "0.05"]);
+    env.run_to_idle(&[]);
+    // A restart on the same topics passes the check.
+    env.produce_valid(&["--count", "50", "--seed", "52"]);
+    env.run_to_idle(&[]);
+    let applied = env.count("SELECT count(*) FROM events_log WHERE status = 'applied'").await;
+
+    let other = format!("{}again.", env.prefix);
+    let with_other = |args: &[&str]| {
+        let out = env.command(args).env("STOCKFLOW_TOPIC_PREFIX", &other).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert!(with_other(&["topics", "--partitions", "1"]).0);
+    assert!(with_other(&["produce", "--quiet", "--count", "400", "--seed", "53"]).0);
+    let client = env.client().await;
+    let moved = format!(
+        "UPDATE source_offsets SET topic = '{other}' || substr(topic, {len}) WHERE topic LIKE '{prefix}%'; \
+         UPDATE events_log SET topic = '{other}' || substr(topic, {len}) WHERE topic LIKE '{prefix}%';",
+        prefix = env.prefix,
+        len = env.prefix.len() + 1
+    );
+    client.batch_execute(&moved).await.unwrap();
+
+    let (ok, stderr) = with_other(&["run", "--exit-when-idle", "1"]);
+    assert!(!ok, "the run must refuse to resume: {stderr}");
+    assert!(stderr.contains("recreated"), "{stderr}");
+    assert!(stderr.contains("source_offsets"), "the message says what to do: {stderr}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM events_log WHERE status = 'applied'").await,
+        applied,
+        "nothing was applied from the other topics"
+    );
+
+    // Recreated and still empty: the partitions end before the stored offsets.
+    let empty = format!("{}empty.", env.prefix);
+    let out =
+        env.command(&["topics", "--partitions", "1"]).env("STOCKFLOW_TOPIC_PREFIX", &empty).output().unwrap();
+    assert!(out.status.success());
+    client
+        .batch_execute(&format!(
+            "UPDATE source_offsets SET topic = '{empty}' || substr(topic, {len}) WHERE topic LIKE '{other}%'; \
+             UPDATE events_log SET topic = '{empty}' || substr(topic, {len}) WHERE topic LIKE '{other}%';",
+            len = other.len() + 1
+        ))
+        .await
+        .unwrap();
+    let out = env
+        .command(&["run", "--exit-when-idle", "1"])
+        .env("STOCKFLOW_TOPIC_PREFIX", &empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("recreated or truncated"), "{stderr}");
+}

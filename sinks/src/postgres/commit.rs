@@ -59,6 +59,14 @@ pub fn raw_text(value: Option<&[u8]>) -> (Option<String>, bool) {
     }
 }
 
+/// The value bytes of an `events_log.raw_event` (the inverse of [`raw_text`]).
+pub fn raw_bytes(text: &str, is_base64: bool) -> Vec<u8> {
+    match text.strip_prefix("base64:") {
+        Some(b64) if is_base64 => base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default(),
+        _ => text.as_bytes().to_vec(),
+    }
+}
+
 fn kafka_time(msg: &RawMessage) -> Option<DateTime<Utc>> {
     msg.timestamp_ms.and_then(DateTime::from_timestamp_millis)
 }

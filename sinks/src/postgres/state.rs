@@ -23,6 +23,33 @@ pub async fn load_offsets(
     Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
 }
 
+/// For each `(topic, partition, next_offset)`, the last message logged in
+/// `events_log` before `next_offset`: `(topic, partition, offset, value)`.
+/// Partitions with nothing logged (all duplicates so far) are left out.
+pub async fn last_logged(
+    client: &Client,
+    stored: &[(String, i32, i64)],
+) -> Result<Vec<(String, i32, i64, Option<Vec<u8>>)>, SinkError> {
+    let topics: Vec<&str> = stored.iter().map(|(t, _, _)| t.as_str()).collect();
+    let partitions: Vec<i32> = stored.iter().map(|(_, p, _)| *p).collect();
+    let next: Vec<i64> = stored.iter().map(|(_, _, n)| *n).collect();
+    let rows = client
+        .query(
+            "SELECT s.topic, s.kafka_partition, l.kafka_offset, l.raw_event, l.raw_is_base64              FROM unnest($1::text[], $2::int[], $3::bigint[]) AS s(topic, kafka_partition, next_offset)              CROSS JOIN LATERAL (SELECT e.kafka_offset, e.raw_event, e.raw_is_base64 FROM events_log e                                  WHERE e.topic = s.topic AND e.kafka_partition = s.kafka_partition                                    AND e.kafka_offset < s.next_offset                                  ORDER BY e.kafka_offset DESC LIMIT 1) l",
+            &[&topics, &partitions, &next],
+        )
+        .await
+        .map_err(SinkError::pg("read the last logged message per partition"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let raw: Option<String> = r.get(3);
+            let value = raw.map(|text| crate::postgres::commit::raw_bytes(&text, r.get(4)));
+            (r.get(0), r.get(1), r.get(2), value)
+        })
+        .collect())
+}
+
 /// Reference data: products with reorder level, and supplier ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reference {

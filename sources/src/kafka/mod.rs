@@ -3,6 +3,8 @@
 
 mod intake;
 mod produce;
+mod verify;
 
 pub use intake::{Intake, PartitionStart, ReadReport, share};
 pub use produce::{ProduceError, ProduceOptions, ProduceSummary, Target, produce};
+pub use verify::{Finding, LoggedMessage, check_logged};
