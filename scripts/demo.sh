@@ -24,9 +24,21 @@ echo "demo: building stockflow (release; the first build takes a few minutes)"
 cargo build --release --locked --quiet --bin stockflow
 sf="${CARGO_TARGET_DIR:-target}/release/stockflow"
 
+topics_out="$($sf topics --partitions 3)"
+echo "$topics_out"
+if grep -q "created" <<<"$topics_out" \
+    && [ "$(psql -X -tA "$DATABASE_URL" -c "SELECT EXISTS (SELECT 1 FROM events_log)" 2>/dev/null)" = t ]; then
+    # A new broker (tansu keeps topics in memory: a restart or reboot loses
+    # them) next to a database that logged the old topics: stockflow run
+    # would refuse to resume, and the old log's (topic, partition, offset)
+    # keys collide with the new topics'. The demo starts over with a fresh
+    # database in the private demo cluster.
+    db="${DATABASE_URL##*/}"; db="${db%%\?*}"
+    echo "demo: the topics are new but database $db logged older ones: recreating it"
+    psql -X -q "${DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\""
+fi
 $sf migrate
 $sf seed --products 500 --suppliers 40
-$sf topics --partitions 3
 echo "demo: producing $EVENTS events on $DAY (2% exact duplicates, 1% invalid: every rejection code)"
 $sf produce --count "$EVENTS" --start "$DAY" --days 1 --duplicate-ratio 0.02 --invalid-ratio 0.01
 echo "demo: stockflow run --workers 2 --exit-when-idle 2"

@@ -173,7 +173,7 @@ case "${1:-}" in
     down) kafka_down; pg_down ;;
     restart-kafka)
         kafka_down; kafka_up
-        log "the broker lost every topic: stored offsets in PostgreSQL (source_offsets) now point past their ends, and stockflow run refuses to resume there; delete those rows or recreate the database"
+        log "the broker lost every topic: stored offsets in PostgreSQL (source_offsets) now point past their ends, and stockflow run refuses to resume there: use a new database (scripts/demo.sh recreates its own)"
         ;;
     status)
         if as_postgres "$(pg_bindir)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then echo "postgres: running (127.0.0.1:$PG_PORT)"; else echo "postgres: stopped"; fi

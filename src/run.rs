@@ -358,8 +358,8 @@ async fn verify_resume_points(
     .await
     .context("offset check stopped")?
     .context("cannot check the stored offsets against the broker")?;
-    let advice = "If the topic was recreated on purpose, delete its rows from source_offsets \
-                  (the processor then reads it from the start; event ids already applied stay applied).";
+    let advice = "events_log is keyed by topic, partition and offset, so the new topic's messages cannot go \
+                  into this database: point stockflow at a new database for it (this one keeps the old history).";
     for (m, finding) in logged.iter().zip(findings) {
         let next = offsets.get(&(m.topic.clone(), m.partition)).copied().unwrap_or_default();
         match finding {
