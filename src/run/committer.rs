@@ -1,0 +1,185 @@
+//! The committer thread: seals and merges epoch batches, commits each in
+//! one transaction, then hands the output messages to the publisher thread.
+
+use super::*;
+
+/// The committer thread: one transaction per epoch, then the output messages.
+pub(super) fn committer(
+    rx: Receiver<EpochBatch>,
+    url: String,
+    kafka: ClientConfig,
+    topics: TopicNames,
+    shared: Arc<Shared>,
+    handle: Handle,
+    mut published: u64,
+) -> Result<()> {
+    let result = committer_loop(rx, &url, &kafka, &topics, &shared, &handle, &mut published);
+    if result.is_err() {
+        shared.committer_failed.store(true, Ordering::SeqCst);
+        shared.shutdown.store(true, Ordering::SeqCst);
+    }
+    result
+}
+
+fn committer_loop(
+    rx: Receiver<EpochBatch>,
+    url: &str,
+    kafka: &ClientConfig,
+    topics: &TopicNames,
+    shared: &Shared,
+    handle: &Handle,
+    published: &mut u64,
+) -> Result<()> {
+    let metrics = shared.metrics.clone();
+    // Output messages go out on their own thread, in commit order, while the
+    // next epoch commits; it records the last epoch the broker acknowledged.
+    let acknowledged = Arc::new(AtomicU64::new(*published));
+    let (out_tx, out_rx) = sync_channel::<(u64, Vec<sinks::kafka::OutputMessage>)>(2);
+    let producer = sinks::kafka::OutputProducer::new(kafka)?;
+    let publisher = {
+        let acknowledged = acknowledged.clone();
+        let metrics = metrics.clone();
+        std::thread::Builder::new().name("publisher".into()).spawn(move || -> Result<(), SinkError> {
+            for (epoch, messages) in out_rx {
+                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages))?;
+                acknowledged.fetch_max(epoch, Ordering::AcqRel);
+            }
+            Ok(())
+        })?
+    };
+    let result = commit_epochs(rx, topics, shared, handle, url, &acknowledged, &out_tx);
+    drop(out_tx);
+    let published_ok = publisher.join().map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
+    result?;
+    published_ok?;
+    *published = acknowledged.load(Ordering::Acquire);
+    // Everything sent so far is acknowledged: say so, so a restart does not re-send it.
+    let mut db = BlockingClient { handle: handle.clone(), url: url.to_string(), client: None, metrics };
+    db.with("postgres", |h, c| h.block_on(postgres::set_published_epoch(c, *published)))?;
+    Ok(())
+}
+
+/// A group commit takes in queued epochs until it holds this many messages.
+const MAX_GROUP_MESSAGES: usize = 50_000;
+
+fn commit_epochs(
+    rx: Receiver<EpochBatch>,
+    topics: &TopicNames,
+    shared: &Shared,
+    handle: &Handle,
+    url: &str,
+    acknowledged: &AtomicU64,
+    out_tx: &SyncSender<(u64, Vec<sinks::kafka::OutputMessage>)>,
+) -> Result<()> {
+    let metrics = shared.metrics.clone();
+    let mut db = BlockingClient {
+        handle: handle.clone(),
+        url: url.to_string(),
+        client: None,
+        metrics: metrics.clone(),
+    };
+    let mut low_stock: HashSet<String> = HashSet::new();
+    for mut batch in rx.iter() {
+        // Group commit: epochs that queued up while the last transaction
+        // ran go into one transaction, so a slow commit is not followed by
+        // a backlog of small ones (latency stays about one commit long).
+        let mut merged = 1u32;
+        batch.seal();
+        while batch.outcomes.len() < MAX_GROUP_MESSAGES {
+            let Ok(mut next) = rx.try_recv() else { break };
+            next.seal();
+            batch.absorb(next);
+            merged += 1;
+        }
+        let mut became_low = Vec::new();
+        for (p, low) in &batch.low_stock_changes {
+            if *low {
+                if low_stock.insert(p.clone()) {
+                    became_low.push(p.as_str());
+                }
+            } else {
+                low_stock.remove(p);
+            }
+        }
+        if !became_low.is_empty() {
+            let first: Vec<&str> = became_low.iter().take(5).copied().collect();
+            tracing::info!(
+                epoch = batch.epoch,
+                products = became_low.len(),
+                first = %first.join(","),
+                low_stock_total = low_stock.len(),
+                "products at or below their reorder level"
+            );
+        }
+        metrics.low_stock_products.set(low_stock.len() as i64);
+        if batch.outcomes.is_empty() {
+            continue;
+        }
+        // How long after the end of its epoch the batch reached the committer
+        // (frontier progress plus any wait in the channel).
+        let sealed_ms = (now_slot(1) as i64 - (batch.epoch + shared.epoch_ms) as i64).max(0);
+        let started = Instant::now();
+        let published = acknowledged.load(Ordering::Acquire);
+        let outcome =
+            db.with("postgres", |h, c| h.block_on(postgres::commit_epoch(c, topics, &batch, published)))?;
+        let db_ms = started.elapsed().as_secs_f64() * 1e3;
+        let messages = match outcome {
+            CommitOutcome::Committed { stock, committed_at } => {
+                sinks::kafka::epoch_messages(topics, &batch, &stock, committed_at)
+            }
+            CommitOutcome::AlreadyCommitted => {
+                tracing::warn!(
+                    epoch = batch.epoch,
+                    "epoch was already committed; re-publishing from the log"
+                );
+                let rows =
+                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_rows(c, published)))?;
+                sinks::kafka::republish_messages(topics, &rows)
+            }
+        };
+        if out_tx.send((batch.epoch, messages)).is_err() {
+            bail!("the publisher thread stopped");
+        }
+        shared.committed_epoch.store(batch.epoch, Ordering::Release);
+        let elapsed = started.elapsed();
+        let (mut applied, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+        let mut oldest_ts: Option<i64> = None;
+        for o in &batch.outcomes {
+            if let Some(ts) = o.msg().timestamp_ms {
+                oldest_ts = Some(oldest_ts.map_or(ts, |x: i64| x.min(ts)));
+            }
+            match o {
+                Outcome::Applied { .. } => applied += 1,
+                Outcome::Duplicate { .. } => duplicates += 1,
+                Outcome::Rejected { rejection, .. } => {
+                    rejected += 1;
+                    metrics.rejected.get_or_create(&CodeLabel { code: rejection.code.as_str() }).inc();
+                }
+            }
+        }
+        let lag_s = oldest_ts
+            .map(|ts| (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3)
+            .unwrap_or_default();
+        metrics.messages.get_or_create(&OutcomeLabel { outcome: "applied" }).inc_by(applied);
+        metrics.messages.get_or_create(&OutcomeLabel { outcome: "duplicate" }).inc_by(duplicates);
+        metrics.messages.get_or_create(&OutcomeLabel { outcome: "rejected" }).inc_by(rejected);
+        metrics.epochs_committed.inc();
+        metrics.commit_seconds.observe(elapsed.as_secs_f64());
+        metrics.lag_seconds.set(lag_s);
+        metrics.last_committed_epoch.set(batch.epoch as i64);
+        tracing::info!(
+            epoch = batch.epoch,
+            events_in = batch.outcomes.len(),
+            applied,
+            duplicates,
+            rejected,
+            commit_ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
+            db_ms = format!("{db_ms:.1}"),
+            sealed_ms,
+            merged,
+            lag_s = format!("{lag_s:.3}"),
+            "epoch committed"
+        );
+    }
+    Ok(())
+}

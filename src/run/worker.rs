@@ -1,0 +1,206 @@
+//! A timely worker's loop: read its share of the input partitions, stamp
+//! epochs, feed reference data, keep to the backpressure, exit when idle.
+
+use super::*;
+
+pub(super) fn run_worker(
+    worker: &mut timely::worker::Worker,
+    setup: WorkerSetup,
+    shared: Arc<Shared>,
+    handle: Handle,
+    sender: Option<SyncSender<EpochBatch>>,
+) -> Result<(), String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let args = setup.args;
+    let my_partitions = share(setup.partitions.clone(), index, peers);
+    let mut intake = Intake::new(&setup.kafka, &my_partitions).map_err(|e| format!("Kafka consumer: {e}"))?;
+    let metrics = shared.metrics.clone();
+    let stats = Arc::new(GraphStats::default());
+
+    let preload: Vec<_> = setup
+        .recent_applied
+        .iter()
+        .filter(|(id, _, _)| (route_event_id(id) % peers as u64) as usize == index)
+        .map(|(id, hash, at)| (dataflow::dedup::id_key(id), *hash, *at))
+        .collect();
+    let lookup = PgLookup(BlockingClient {
+        handle: handle.clone(),
+        url: setup.database_url.clone(),
+        client: None,
+        metrics: metrics.clone(),
+    });
+    let mut raw = InputHandle::<u64, _>::new();
+    let mut refs = InputHandle::<u64, _>::new();
+    let probe = ProbeHandle::new();
+    let committer_gone = Arc::new(AtomicBool::new(false));
+    let sink_gone = committer_gone.clone();
+    let config = GraphConfig {
+        dedup_horizon: args.dedup_horizon,
+        dedup_max_ids: args.dedup_max_ids,
+        committed_epoch: shared.committed_epoch.clone(),
+        lookup: Box::new(lookup),
+        preload,
+        preload_floor: setup.preload_floor,
+    };
+    let graph_stats = stats.clone();
+    let mut opening = worker.dataflow::<u64, _, _>(|scope| {
+        let (opening_input, opening) = scope.new_collection::<String, i64>();
+        let records = graph::build(raw.to_stream(scope), refs.to_stream(scope), opening, config, graph_stats);
+        let records = records.probe_with(&probe);
+        graph::commit_sink(records, move |batch| {
+            if let Some(tx) = &sender
+                && tx.send(batch).is_err()
+            {
+                sink_gone.store(true, Ordering::SeqCst);
+            }
+        });
+        opening_input
+    });
+
+    let mut epoch = setup.first_epoch;
+    raw.advance_to(epoch);
+    refs.advance_to(epoch);
+    opening.advance_to(epoch);
+    let mut reference = setup.reference.clone();
+    if index == 0 {
+        for (p, level) in &reference.products {
+            refs.send(RefUpdate::ProductUpsert { product_id: p.clone(), reorder_level: *level });
+        }
+        for s in &reference.suppliers {
+            refs.send(RefUpdate::SupplierAdded(s.clone()));
+        }
+        for (p, q) in &setup.stock {
+            opening.update(p.clone(), *q);
+        }
+    }
+    opening.flush();
+    let mut ref_client =
+        BlockingClient { handle, url: setup.database_url.clone(), client: None, metrics: metrics.clone() };
+    let mut last_ref_refresh = Instant::now();
+    let mut read_in_epoch = 0usize;
+    let mut last_data_epoch = 0u64;
+    let mut buf = Vec::with_capacity(4096);
+    let mut idle_reads = 0u32;
+    let mut last_lag_check = Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now);
+    tracing::debug!(worker = index, partitions = my_partitions.len(), "worker started");
+
+    loop {
+        if shared.shutdown.load(Ordering::Relaxed) || committer_gone.load(Ordering::Relaxed) {
+            break;
+        }
+        let slot = now_slot(args.epoch_ms);
+        if slot > epoch {
+            epoch = slot;
+            raw.advance_to(epoch);
+            refs.advance_to(epoch);
+            opening.advance_to(epoch);
+            opening.flush();
+            read_in_epoch = 0;
+        }
+        if last_ref_refresh.elapsed() >= args.reference_refresh {
+            last_ref_refresh = Instant::now();
+            if !args.commits_here {
+                // Other processes learn commit progress from the database, so
+                // that their dedup memory can let go of committed late ids.
+                if let Ok(e) =
+                    ref_client.with("postgres", |h, c| h.block_on(postgres::last_committed_epoch(c)))
+                {
+                    shared.committed_epoch.fetch_max(e, Ordering::AcqRel);
+                }
+            }
+            if index == 0 {
+                match ref_client.with("postgres", |h, c| h.block_on(postgres::load_reference(c))) {
+                    Ok(fresh) => {
+                        for u in reference_changes(&reference, &fresh) {
+                            refs.send(u);
+                        }
+                        reference = fresh;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot refresh reference data"),
+                }
+            }
+        }
+        // Backpressure: pause reading while too many epochs wait for their commit.
+        let committed = shared.committed_epoch.load(Ordering::Acquire);
+        let backlog = if args.commits_here {
+            last_data_epoch.saturating_sub(committed) > MAX_EPOCHS_IN_FLIGHT * 2 * args.epoch_ms
+        } else {
+            probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * args.epoch_ms))
+        };
+        let budget = args.max_epoch_messages.saturating_sub(read_in_epoch).min(4096);
+        if backlog || budget == 0 {
+            worker.step_or_park(Some(Duration::from_millis(5)));
+            continue;
+        }
+        // `Worker::step` reports whether dataflows exist, not whether there
+        // was work: park up to 1 ms when the last read found nothing, so an
+        // idle processor sleeps instead of spinning.
+        worker.step_or_park(Some(if idle_reads > 0 { Duration::from_millis(1) } else { Duration::ZERO }));
+        let report = intake.read(budget, Duration::ZERO, &mut buf);
+        idle_reads = if buf.is_empty() { idle_reads + 1 } else { 0 };
+        if report.errors > 0 {
+            metrics.consumer_errors.inc_by(report.errors as u64);
+        }
+        if !buf.is_empty() {
+            if let Some(ts) = buf.last().and_then(|m| m.timestamp_ms) {
+                let delay = (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3;
+                metrics.read_delay_seconds.get_or_create(&WorkerLabel { worker: index as u32 }).set(delay);
+            }
+            read_in_epoch += buf.len();
+            last_data_epoch = epoch;
+            for m in buf.drain(..) {
+                raw.send(m);
+            }
+        }
+        metrics.dedup_ids.set(stats.dedup_ids.load(Ordering::Relaxed) as i64);
+        if last_lag_check.elapsed() >= Duration::from_secs(1) {
+            last_lag_check = Instant::now();
+            metrics
+                .consumer_lag_messages
+                .get_or_create(&WorkerLabel { worker: index as u32 })
+                .set(intake.lag());
+        }
+        if let Some(idle) = args.exit_when_idle
+            && intake.quiet_for() >= idle
+            && (!args.commits_here || shared.committed_epoch.load(Ordering::Acquire) >= last_data_epoch)
+            && !probe.less_than(&epoch)
+            && intake.at_end()
+        {
+            tracing::info!(worker = index, "inputs idle: closing");
+            break;
+        }
+    }
+    drop(raw);
+    drop(refs);
+    drop(opening);
+    while !probe.with_frontier(|f| f.is_empty()) {
+        if committer_gone.load(Ordering::Relaxed) {
+            break;
+        }
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    if committer_gone.load(Ordering::Relaxed) || shared.committer_failed.load(Ordering::Relaxed) {
+        return Err("the committer stopped".into());
+    }
+    Ok(())
+}
+
+/// Updates that turn reference data `old` into `new`.
+fn reference_changes(old: &Reference, new: &Reference) -> Vec<RefUpdate> {
+    let mut v = Vec::new();
+    for (p, level) in &old.products {
+        if new.products.get(p) != Some(level) {
+            v.push(RefUpdate::ProductRemoved { product_id: p.clone(), reorder_level: *level });
+        }
+    }
+    for (p, level) in &new.products {
+        if old.products.get(p) != Some(level) {
+            v.push(RefUpdate::ProductUpsert { product_id: p.clone(), reorder_level: *level });
+        }
+    }
+    let old_s: &HashSet<String> = &old.suppliers;
+    v.extend(old_s.difference(&new.suppliers).map(|s| RefUpdate::SupplierRemoved(s.clone())));
+    v.extend(new.suppliers.difference(old_s).map(|s| RefUpdate::SupplierAdded(s.clone())));
+    v
+}
