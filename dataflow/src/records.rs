@@ -170,6 +170,19 @@ impl EpochBatch {
         self.outcomes.is_empty() && self.low_stock_changes.is_empty()
     }
 
+    /// How many messages were applied, plain duplicates, and rejected.
+    pub fn counts(&self) -> OutcomeCounts {
+        let mut c = OutcomeCounts::default();
+        for o in &self.outcomes {
+            match o {
+                Outcome::Applied { .. } => c.applied += 1,
+                Outcome::Duplicate { .. } => c.duplicates += 1,
+                Outcome::Rejected { .. } => c.rejected += 1,
+            }
+        }
+        c
+    }
+
     /// Puts the batch in its canonical order: messages by position (topic,
     /// partition, offset), changes by key. The order, and so everything
     /// written from it, does not depend on the number of workers.
@@ -216,6 +229,17 @@ impl EpochBatch {
         low.extend(later.low_stock_changes);
         self.low_stock_changes = low.into_iter().collect();
     }
+}
+
+/// Messages of a batch by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    /// New events applied.
+    pub applied: u32,
+    /// Plain duplicates.
+    pub duplicates: u32,
+    /// Rejected messages.
+    pub rejected: u32,
 }
 
 /// One record for the committing worker.

@@ -142,19 +142,16 @@ fn commit_epochs(
         }
         shared.committed_epoch.store(batch.epoch, Ordering::Release);
         let elapsed = started.elapsed();
-        let (mut applied, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+        let counts = batch.counts();
+        let (applied, duplicates, rejected) =
+            (u64::from(counts.applied), u64::from(counts.duplicates), u64::from(counts.rejected));
         let mut oldest_ts: Option<i64> = None;
         for o in &batch.outcomes {
             if let Some(ts) = o.msg().timestamp_ms {
                 oldest_ts = Some(oldest_ts.map_or(ts, |x: i64| x.min(ts)));
             }
-            match o {
-                Outcome::Applied { .. } => applied += 1,
-                Outcome::Duplicate { .. } => duplicates += 1,
-                Outcome::Rejected { rejection, .. } => {
-                    rejected += 1;
-                    metrics.rejected.get_or_create(&CodeLabel { code: rejection.code.as_str() }).inc();
-                }
+            if let Outcome::Rejected { rejection, .. } = o {
+                metrics.rejected.get_or_create(&CodeLabel { code: rejection.code.as_str() }).inc();
             }
         }
         let lag_s = oldest_ts

@@ -192,14 +192,9 @@ pub async fn commit_epoch(
     )
     .await
     .map_err(SinkError::pg("store progress"))?;
-    let (mut applied, mut duplicates, mut rejected) = (0i32, 0i32, 0i32);
-    for o in &batch.outcomes {
-        match o {
-            Outcome::Applied { .. } => applied += 1,
-            Outcome::Duplicate { .. } => duplicates += 1,
-            Outcome::Rejected { .. } => rejected += 1,
-        }
-    }
+    let counts = batch.counts();
+    let (applied, duplicates, rejected) =
+        (counts.applied as i32, counts.duplicates as i32, counts.rejected as i32);
     // The transaction's time (`now()`, as `processed_at` holds it) comes
     // back with the epoch row: no extra round trip.
     let committed_at: DateTime<Utc> = tx
