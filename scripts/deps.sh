@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages stockflow needs to build, test and run
-# locally, when missing: cmake + libcurl (rdkafka's bundled librdkafka),
+# locally, when missing: a C toolchain, cmake + libcurl (the bundled
+# librdkafka; mimalloc),
 # PostgreSQL (server and client), python3-venv (Airflow, compose check).
 # Idempotent and quick when everything is there. Uses sudo when not root.
 set -euo pipefail
 need=()
-for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config zlib1g-dev postgresql postgresql-client python3-venv; do
+for pkg in build-essential cmake libcurl4-openssl-dev libssl-dev pkg-config zlib1g-dev postgresql postgresql-client python3-venv; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
