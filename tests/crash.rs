@@ -240,7 +240,7 @@ impl PrivatePostgres {
                     .success()
             );
         }
-        let port = 40_000 + (std::process::id() % 20_000) as u16;
+        let port = common::free_port();
         let pg = PrivatePostgres { bin, dir, port };
         let data = pg.dir.join("data");
         let out = pg.as_postgres("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust"]);

@@ -259,8 +259,7 @@ async fn two_processes_on_loopback() {
     let env = TestEnv::new("procs").await;
     env.prepare(50, 4);
     env.ok(&["produce", "--count", "4000", "--seed", "5", "--duplicate-ratio", "0.05", "--quiet"]);
-    let base = 20_000 + (std::process::id() % 20_000) as u16;
-    let hosts = format!("127.0.0.1:{},127.0.0.1:{}", base, base + 1);
+    let hosts = format!("127.0.0.1:{},127.0.0.1:{}", common::free_port(), common::free_port());
     let spawn = |i: &str| {
         env.spawn(&[
             "run",
@@ -296,7 +295,7 @@ async fn two_processes_on_loopback() {
 async fn reference_data_added_while_running_and_metrics() {
     let env = TestEnv::new("refdata").await;
     env.prepare(5, 1);
-    let port = 30_000 + (std::process::id() % 20_000) as u16;
+    let port = common::free_port();
     let mut child = env.spawn(&[
         "run",
         "--epoch-ms",
@@ -334,6 +333,17 @@ async fn reference_data_added_while_running_and_metrics() {
         std::thread::sleep(Duration::from_millis(200));
         metrics = http_get(port, "/metrics");
     }
+    // A request that reaches the endpoint in pieces is answered as a whole.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET ").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(b"/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok\n"), "{answer}");
+    }
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
@@ -359,7 +369,7 @@ async fn reference_data_added_while_running_and_metrics() {
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out

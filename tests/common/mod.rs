@@ -187,6 +187,13 @@ impl Drop for TestEnv {
     }
 }
 
+/// A loopback port free right now (the OS picks it; tests running in
+/// parallel cannot collide as with ports computed from process ids).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
 /// A message to send: topic (without prefix), key, value.
 pub type Outgoing<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
 
