@@ -21,6 +21,9 @@ pub(super) fn committer(
     result
 }
 
+/// How often the publisher records the last acknowledged epoch itself.
+const PUBLISHED_RECORD_INTERVAL: Duration = Duration::from_millis(200);
+
 fn committer_loop(
     rx: Receiver<EpochBatch>,
     url: &str,
@@ -39,10 +42,33 @@ fn committer_loop(
     let publisher = {
         let acknowledged = acknowledged.clone();
         let metrics = metrics.clone();
+        let (handle, url) = (handle.clone(), url.to_string());
+        let mut client: Option<tokio_postgres::Client> = None;
         std::thread::Builder::new().name("publisher".into()).spawn(move || -> Result<(), SinkError> {
+            let mut recorded = Instant::now();
             for (epoch, messages) in out_rx {
                 retry_blocking(&metrics, "kafka", None, || producer.publish(&messages))?;
                 acknowledged.fetch_max(epoch, Ordering::AcqRel);
+                // The next commit records the acknowledged epoch too; doing
+                // it here as well (at most every 200 ms) keeps what a crash
+                // makes the next start re-send down to the last moments.
+                // One attempt, no retries: this record is only an optimisation.
+                if recorded.elapsed() >= PUBLISHED_RECORD_INTERVAL {
+                    recorded = Instant::now();
+                    let result = handle.block_on(async {
+                        if client.as_ref().is_none_or(|c| c.is_closed()) {
+                            client = Some(postgres::connect(&url).await?);
+                        }
+                        match &client {
+                            Some(c) => postgres::set_published_epoch(c, epoch).await,
+                            None => Ok(()),
+                        }
+                    });
+                    if let Err(e) = result {
+                        client = None;
+                        tracing::warn!(error = %e, epoch, "cannot record the published epoch (the next commit will)");
+                    }
+                }
             }
             Ok(())
         })?
