@@ -119,10 +119,7 @@ pub fn build<'scope>(
     });
     let sales_in = branches.pop().expect("three branches");
     let stock_in = branches.pop().expect("three branches");
-    let outcomes = branches.pop().expect("three branches").flat_map(|v| match v {
-        Validated::Outcome(o) => Some(o),
-        _ => None,
-    });
+    let outcomes_in = branches.pop().expect("three branches");
 
     // Net stock change per product and epoch, over all workers.
     let stock_deltas = as_updates(stock_in, |v| match v {
@@ -141,7 +138,11 @@ pub fn build<'scope>(
     // The low-stock set: products whose stock (opening + applied) is at or
     // below their reorder level. Stock is a count keyed by product; a product
     // absent from the count has 0.
-    let levels = reorder_levels(refs);
+    let levels = as_updates(refs, |u| match u {
+        RefUpdate::ProductUpsert { product_id, reorder_level } => Some(((product_id, reorder_level), 1i64)),
+        RefUpdate::ProductRemoved { product_id, reorder_level } => Some(((product_id, reorder_level), -1i64)),
+        _ => None,
+    });
     // Counting the per-epoch net changes (not every event) keeps the arrangement work per product.
     let stock = opening_stock.concat(stock_deltas.clone()).count_core::<i64>();
     let not_low = levels
@@ -153,17 +154,22 @@ pub fn build<'scope>(
 
     // Differential sends updates of several times under one capability, so
     // each record carries its own epoch to the commit.
-    with_time(outcomes)
-        .inner
-        .map(|(o, t, _)| (SinkRecord::Outcome(o), t))
-        .concat(stock_deltas.inner.map(|(p, t, d)| (SinkRecord::Stock(p, d), t)))
-        .concat(sales.inner.map(|(key, t, (units, revenue_cents, orders))| {
-            (SinkRecord::Sales(SalesDelta { key, units, revenue_cents, orders }), t)
-        }))
-        .concat(low.inner.map(|((p, _level), t, d)| (SinkRecord::LowStock(p, d > 0), t)))
+    as_updates(outcomes_in, |v| match v {
+        Validated::Outcome(o) => Some((SinkRecord::Outcome(o), 1i64)),
+        _ => None,
+    })
+    .inner
+    .map(|(r, t, _)| (r, t))
+    .concat(stock_deltas.inner.map(|(p, t, d)| (SinkRecord::Stock(p, d), t)))
+    .concat(sales.inner.map(|(key, t, (units, revenue_cents, orders))| {
+        (SinkRecord::Sales(SalesDelta { key, units, revenue_cents, orders }), t)
+    }))
+    .concat(low.inner.map(|((p, _level), t, d)| (SinkRecord::LowStock(p, d > 0), t)))
 }
 
-/// A stream of `(data, diff)` records, as a differential collection at its epoch.
+/// The records of a stream that `f` keeps, as `(data, diff)`, in a
+/// differential collection at their epoch. The one way the graph turns
+/// plain streams (outcomes, per-epoch sums, reference updates) into updates.
 fn as_updates<'scope, I: Clone + 'static, D: Clone + 'static, R: Clone + 'static>(
     s: RecordStream<'scope, I>,
     mut f: impl FnMut(I) -> Option<(D, R)> + 'static,
@@ -175,48 +181,6 @@ fn as_updates<'scope, I: Clone + 'static, D: Clone + 'static, R: Clone + 'static
                 let mut session = output.session(&cap);
                 for (d, r) in data.drain(..).filter_map(&mut f) {
                     session.give((d, t, r));
-                }
-            });
-        }
-    })
-    .as_collection()
-}
-
-/// A stream of records, as a differential collection at its epoch with diff 1.
-fn with_time<'scope, D: Clone + 'static>(s: RecordStream<'scope, D>) -> VecCollection<'scope, Epoch, D, i64> {
-    s.unary(Pipeline, "WithTime", |_, _| {
-        move |input, output| {
-            input.for_each(|cap, data| {
-                let Some(t) = cap.least().copied() else { return };
-                let mut session = output.session(&cap);
-                for d in data.drain(..) {
-                    session.give((d, t, 1i64));
-                }
-            });
-        }
-    })
-    .as_collection()
-}
-
-/// Reorder levels as a collection `(product, level)`, from the reference updates.
-fn reorder_levels<'scope>(
-    refs: RecordStream<'scope, RefUpdate>,
-) -> VecCollection<'scope, Epoch, (String, i32), i64> {
-    refs.unary(Pipeline, "ReorderLevels", |_, _| {
-        move |input, output| {
-            input.for_each(|cap, data| {
-                let Some(t) = cap.least().copied() else { return };
-                let mut session = output.session(&cap);
-                for u in data.drain(..) {
-                    match u {
-                        RefUpdate::ProductUpsert { product_id, reorder_level } => {
-                            session.give(((product_id, reorder_level), t, 1i64))
-                        }
-                        RefUpdate::ProductRemoved { product_id, reorder_level } => {
-                            session.give(((product_id, reorder_level), t, -1i64))
-                        }
-                        _ => {}
-                    }
                 }
             });
         }
@@ -326,8 +290,11 @@ fn decide_epoch(
         lookup.applied(&old_ids)
     };
     let mut out = Vec::with_capacity(batch.len());
-    let mut stock: HashMap<String, i64, foldhash::fast::RandomState> = HashMap::default();
-    let mut sales: HashMap<SalesKey, (i64, i128, i64), foldhash::fast::RandomState> = HashMap::default();
+    // The combiner: per product, its net stock change and its sales rows
+    // ((day, source) -> (units, cents, orders); a handful per epoch). One
+    // lookup by `&str` per applied event; the id is copied once per product.
+    type Sums = (i64, Vec<((chrono::NaiveDate, crate::model::SaleSource), (i64, i128, i64))>);
+    let mut sums: HashMap<String, Sums, foldhash::fast::RandomState> = HashMap::default();
     for Decoded { msg, result } in batch {
         let event = match result {
             Ok(e) => e,
@@ -360,14 +327,20 @@ fn decide_epoch(
         let stored = if from_db.is_empty() { None } else { from_db.get(&event.event_id).copied() };
         match dedup.admit(id_key(&event.event_id), hash, event.occurred_at, epoch, stored) {
             Seen::New => {
-                match stock.get_mut(event.product_id.as_str()) {
-                    Some(d) => *d += event.delta(),
-                    None => {
-                        stock.insert(event.product_id.clone(), event.delta());
-                    }
-                }
+                let product = match sums.get_mut(event.product_id.as_str()) {
+                    Some(p) => p,
+                    None => sums.entry(event.product_id.clone()).or_default(),
+                };
+                product.0 += event.delta();
                 if let Some(source) = event.kind().sale_source() {
-                    let row = sales.entry((event.day(), event.product_id.clone(), source)).or_default();
+                    let key = (event.day(), source);
+                    let row = match product.1.iter().position(|(k, _)| *k == key) {
+                        Some(i) => &mut product.1[i].1,
+                        None => {
+                            product.1.push((key, (0, 0, 0)));
+                            &mut product.1.last_mut().expect("just pushed").1
+                        }
+                    };
                     row.0 += i64::from(event.quantity);
                     row.1 += event.revenue_cents();
                     row.2 += 1;
@@ -390,8 +363,14 @@ fn decide_epoch(
             }
         }
     }
-    out.extend(stock.into_iter().filter(|(_, d)| *d != 0).map(|(p, d)| Validated::Stock(p, d)));
-    out.extend(sales.into_iter().map(|(k, diff)| Validated::Sales(k, diff)));
+    for (product, (stock, sales)) in sums {
+        for ((day, source), diff) in sales {
+            out.push(Validated::Sales((day, product.clone(), source), diff));
+        }
+        if stock != 0 {
+            out.push(Validated::Stock(product, stock));
+        }
+    }
     out
 }
 

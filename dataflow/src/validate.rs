@@ -294,24 +294,15 @@ fn check(topic_kind: EventKind, c: &Checker<'_>) -> Result<Event, Rejection> {
 }
 
 /// The exact decimal of a JSON number's digits (`int` and `frac` are ASCII
-/// digits, `frac` has at most 2); `None` when out of range.
+/// digits, `frac` has at most 2); `None` when out of range (more than the
+/// 96-bit mantissa a `Decimal` holds).
 fn exact_decimal(int: &str, frac: Option<&str>) -> Option<Decimal> {
     let frac = frac.unwrap_or("");
-    if int.len() + frac.len() <= 18 {
-        // Fits an i64 mantissa: no text round trip.
-        let mut mantissa: i64 = 0;
-        for b in int.bytes().chain(frac.bytes()) {
-            mantissa = mantissa * 10 + i64::from(b - b'0');
-        }
-        return Some(Decimal::new(mantissa, frac.len() as u32));
+    let mut mantissa: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        mantissa = mantissa.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
     }
-    let mut digits = String::with_capacity(int.len() + 3);
-    digits.push_str(int);
-    if !frac.is_empty() {
-        digits.push('.');
-        digits.push_str(frac);
-    }
-    Decimal::from_str_exact(&digits).ok()
+    Decimal::try_from_i128_with_scale(mantissa, frac.len() as u32).ok()
 }
 
 #[cfg(test)]

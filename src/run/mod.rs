@@ -359,14 +359,10 @@ async fn verify_resume_points(
             value,
         })
         .collect();
-    let base = kafka.clone();
-    let probe = logged.clone();
-    let findings = tokio::task::spawn_blocking(move || {
-        sources::kafka::check_logged(&base, &probe, Duration::from_secs(10))
-    })
-    .await
-    .context("offset check stopped")?
-    .context("cannot check the stored offsets against the broker")?;
+    // Blocking librdkafka calls, like `republish`: no copies for another thread.
+    let findings =
+        tokio::task::block_in_place(|| sources::kafka::check_logged(kafka, &logged, Duration::from_secs(10)))
+            .context("cannot check the stored offsets against the broker")?;
     let advice = "events_log is keyed by topic, partition and offset, so the new topic's messages cannot go \
                   into this database: point stockflow at a new database for it (this one keeps the old history).";
     for (m, finding) in logged.iter().zip(findings) {

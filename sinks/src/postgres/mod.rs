@@ -8,7 +8,7 @@ mod migrate;
 mod state;
 
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
-pub use commit::{CommitOutcome, StockLevel, commit_epoch, raw_bytes, raw_text};
+pub use commit::{CommitOutcome, StockLevel, commit_epoch, raw_text};
 pub use connect::{connect, redact_url};
 pub use migrate::migrate;
 pub use state::{

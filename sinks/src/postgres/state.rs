@@ -44,7 +44,7 @@ pub async fn last_logged(
         .iter()
         .map(|r| {
             let raw: Option<String> = r.get(3);
-            let value = raw.map(|text| crate::postgres::commit::raw_bytes(&text, r.get(4)));
+            let value = raw.map(|text| super::commit::raw_bytes(&text, r.get(4)));
             (r.get(0), r.get(1), r.get(2), value)
         })
         .collect())

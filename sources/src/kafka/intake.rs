@@ -89,20 +89,20 @@ pub struct Intake {
 impl Intake {
     /// A consumer assigned to `partitions`.
     pub fn new(base: &ClientConfig, partitions: &[PartitionStart]) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("group.id", "stockflow-processor")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "1000")
-            // The worker reads in bounded slices; a smaller pre-fetch queue
-            // keeps memory flat (librdkafka's default is 64 MB).
-            .set("queued.max.messages.kbytes", "16384");
-        for (k, v) in base.config_map().iter() {
-            config.set(*k, *v);
-        }
+        let config = super::with_defaults(
+            base,
+            &[
+                ("group.id", "stockflow-processor"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                ("auto.offset.reset", "earliest"),
+                ("statistics.interval.ms", "1000"),
+                // The worker reads in bounded slices; a smaller pre-fetch queue
+                // keeps memory flat (librdkafka's default is 64 MB).
+                ("queued.max.messages.kbytes", "16384"),
+            ],
+        );
         let consumer: BaseConsumer<IntakeContext> = config.create_with_context(IntakeContext::default())?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {

@@ -58,15 +58,15 @@ pub fn check_logged(
     if logged.is_empty() {
         return Ok(findings);
     }
-    let mut config = ClientConfig::new();
-    config
-        .set("group.id", "stockflow-offset-check")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "error");
-    for (k, v) in base.config_map().iter() {
-        config.set(*k, *v);
-    }
+    let config = super::with_defaults(
+        base,
+        &[
+            ("group.id", "stockflow-offset-check"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "error"),
+        ],
+    );
     let consumer: BaseConsumer = config.create()?;
     let mut tpl = TopicPartitionList::new();
     let mut index: HashMap<(&str, i32), usize> = HashMap::new();
