@@ -175,6 +175,7 @@ async fn main() {
             rates.sort_by(f64::total_cmp);
             medians.push((n, w, rates[rates.len() / 2], rates.len()));
         }
+        delete_topics(&prefix).await;
     }
     println!("median events/s: events | workers | events/s | runs");
     for (n, w, rate, k) in medians {

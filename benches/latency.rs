@@ -103,4 +103,5 @@ async fn main() {
     drop(client);
     let admin = connect(&url_with_db("postgres")).await;
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
+    delete_topics(&prefix).await;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The end-to-end demo on a fresh Debian/Ubuntu machine (README):
-# installs what is missing, starts PostgreSQL and the Kafka-API broker on
+# installs what is missing, starts PostgreSQL and Apache Kafka on
 # loopback, builds stockflow, creates the schema, catalog and topics,
 # produces a day of simulated traffic (with duplicates and bad messages),
 # runs the stream processor until it has committed everything, shows what
@@ -28,8 +28,9 @@ topics_out="$($sf topics --partitions 3)"
 echo "$topics_out"
 if grep -q "created" <<<"$topics_out" \
     && [ "$(psql -X -tA "$DATABASE_URL" -c "SELECT EXISTS (SELECT 1 FROM events_log)" 2>/dev/null)" = t ]; then
-    # A new broker (tansu keeps topics in memory: a restart or reboot loses
-    # them) next to a database that logged the old topics: stockflow run
+    # New topics (Kafka's data directory was deleted, or tansu, which keeps
+    # topics in memory, restarted) next to a database that logged the old
+    # topics: stockflow run
     # would refuse to resume, and the old log's (topic, partition, offset)
     # keys collide with the new topics'. The demo starts over with a fresh
     # database in the private demo cluster.

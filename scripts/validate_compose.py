@@ -514,6 +514,33 @@ def _display(path: Path) -> str:
     )
 
 
+def kafka_version_errors(doc: dict, pom: Path) -> list[str]:
+    """The apache/kafka image must be the broker version the local scripts
+    assemble from Maven Central (deploy/kafka/pom.xml), so that Compose and
+    the tests run the same Kafka."""
+    if not pom.is_file():
+        return [f"{_display(pom)} not found: cannot check the Kafka version"]
+    found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom.read_text())
+    if not found:
+        return [f"{_display(pom)} has no <kafka.version>"]
+    want = found.group(1).strip()
+    errors = []
+    images = {
+        name: str(service.get("image", ""))
+        for name, service in (doc.get("services") or {}).items()
+        if isinstance(service, dict) and str(service.get("image", "")).startswith("apache/kafka")
+    }
+    if not images:
+        errors.append("no service runs the apache/kafka image")
+    for name, image in images.items():
+        if image != f"apache/kafka:{want}":
+            errors.append(
+                f"services.{name}.image: {image!r} differs from the Kafka version "
+                f"{want} pinned in {_display(pom)} (use apache/kafka:{want})"
+            )
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -560,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
 
     semantic, semantic_warnings = semantic_errors(doc, compose.parent)
     errors += semantic
+    errors += kafka_version_errors(doc, compose.parent / "deploy" / "kafka" / "pom.xml")
     warnings += semantic_warnings
 
     if args.with_docker:

@@ -63,8 +63,23 @@ async fn seed(g: &GlobalArgs, args: &SeedArgs) -> Result<()> {
     Ok(())
 }
 
+/// How long the one-shot commands wait for brokers that do not answer.
+const KAFKA_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Fails with one line unless `config`'s brokers answer within
+/// [`KAFKA_PATIENCE`] and accept this client.
+async fn reach_kafka(config: &ClientConfig) -> Result<()> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::kafka::reach(&config, crate::kafka::Patience::Fail(KAFKA_PATIENCE), None)
+    })
+    .await
+    .context("Kafka check")?
+}
+
 async fn topics(g: &GlobalArgs, args: &TopicsArgs) -> Result<()> {
     let names = topic_names(g).all();
+    reach_kafka(&kafka_config(g)).await?;
     let outcome =
         sinks::kafka::ensure_topics(&kafka_config(g), &names, args.partitions, args.replication).await?;
     for (name, o) in outcome {
@@ -140,7 +155,10 @@ async fn produce(g: &GlobalArgs, args: &ProduceArgs) -> Result<()> {
         Some(p) => Target::Lines(Box::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         )),
-        None => Target::Kafka(kafka_config(g)),
+        None => {
+            reach_kafka(&kafka_config(g)).await?;
+            Target::Kafka(kafka_config(g))
+        }
     };
     let options = ProduceOptions {
         rate: args.rate,

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod kafka;
 mod metrics;
 mod run;
 

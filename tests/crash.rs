@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{Record, TestEnv, consume_all, consume_until_quiet};
-use serde_json::Value;
+use common::{TestEnv, reference};
 
 fn spawn_run(env: &TestEnv, extra: &[&str]) -> Child {
     let mut args = vec!["run", "--epoch-ms", "20", "--max-epoch-messages", "700", "--workers", "2"];
@@ -29,36 +27,11 @@ impl Rng {
     }
 }
 
-/// Cents from a JSON number literal with at most 2 decimals ("4.5" -> 450).
-fn cents(v: &Value) -> i64 {
-    let s = v.to_string();
-    let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
-    let frac = format!("{frac:0<2}");
-    int.parse::<i64>().unwrap() * 100 + frac[..2].parse::<i64>().unwrap()
-}
-
-/// The input messages, parsed, by (topic, partition, offset).
-fn inputs(env: &TestEnv, n: usize) -> BTreeMap<(String, i32, i64), Record> {
-    let topics: Vec<String> =
-        ["online_orders", "store_sales", "supplier_restocks"].iter().map(|t| env.topic(t)).collect();
-    let records = consume_all(&topics, n, Duration::from_secs(60));
-    assert_eq!(records.len(), n, "all input messages readable");
-    records.into_iter().map(|r| ((r.topic.clone(), r.partition, r.offset), r)).collect()
-}
-
 #[tokio::test]
 async fn kill_nine_at_random_moments_changes_nothing() {
     let env = TestEnv::new("crash").await;
     env.prepare(150, 3);
-    let opening: HashMap<String, i64> = env
-        .rows("SELECT product_id, quantity_on_hand FROM inventory")
-        .await
-        .iter()
-        .map(|r| {
-            let (p, q) = r.split_once('|').unwrap();
-            (p.to_string(), q.parse().unwrap())
-        })
-        .collect();
+    let opening = reference::opening_stock(&env).await;
 
     // Traffic arrives while the processor is killed over and over.
     let n = 50_000;
@@ -90,118 +63,15 @@ async fn kill_nine_at_random_moments_changes_nothing() {
     let done = spawn_run(&env, &["--exit-when-idle", "2"]).wait_with_output().unwrap();
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     assert!(kills >= 10);
-    // The crashed runs' outputs, read now: the clean run below writes its
-    // own to the same output topics.
-    let updates = consume_until_quiet(
-        &[env.topic("inventory_updates")],
-        Duration::from_secs(3),
-        Duration::from_secs(90),
-    );
-    let dlq = consume_until_quiet(&[env.topic("dlq")], Duration::from_secs(3), Duration::from_secs(90));
-
-    // Reference: a second database processes the same topics without crashes.
-    let mut clean = TestEnv::new("clean").await;
-    clean.prefix = env.prefix.clone();
-    clean.ok(&["migrate"]);
-    clean.ok(&["seed", "--products", "150", "--suppliers", "10"]);
-    clean.run_to_idle(&[]);
-
-    // Every message: at most one log row, and the same rows as the clean run.
-    let key = "SELECT topic, kafka_partition, kafka_offset, status, coalesce(error_code, '') FROM events_log ORDER BY 1, 2, 3";
-    let crashed_log = env.rows(key).await;
-    assert_eq!(crashed_log, clean.rows(key).await, "events_log rows differ from a run without crashes");
-    assert_eq!(
-        env.count("SELECT count(*) FROM (SELECT 1 FROM events_log GROUP BY topic, kafka_partition, kafka_offset HAVING count(*) > 1) d").await,
-        0
-    );
-    assert_eq!(env.count("SELECT sum(next_offset)::bigint FROM source_offsets").await, n as i64);
-
-    // Independent reference: stock and daily sales from the raw JSON of the applied events.
-    let messages = inputs(&env, n);
-    let applied: Vec<(String, String, i32, i64)> = env
-        .rows(
-            "SELECT event_id, topic, kafka_partition, kafka_offset FROM events_log WHERE status = 'applied'",
-        )
-        .await
-        .iter()
-        .map(|r| {
-            let v: Vec<&str> = r.split('|').collect();
-            (v[0].to_string(), v[1].to_string(), v[2].parse().unwrap(), v[3].parse().unwrap())
-        })
-        .collect();
-    let distinct_ids: BTreeSet<&String> = applied.iter().map(|a| &a.0).collect();
-    assert_eq!(distinct_ids.len(), applied.len());
-    let mut stock = opening.clone();
-    let mut daily: BTreeMap<(String, String, &str), (i64, i64, i64)> = BTreeMap::new();
-    for (_, topic, partition, offset) in &applied {
-        let r = &messages[&(topic.clone(), *partition, *offset)];
-        let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
-        let product = v["product_id"].as_str().unwrap().to_string();
-        let q = v["quantity"].as_i64().unwrap();
-        let (sign, source) = match v["event_type"].as_str().unwrap() {
-            "supplier_restock" => (1, None),
-            "online_order" => (-1, Some("online")),
-            _ => (-1, Some("store")),
-        };
-        *stock.entry(product.clone()).or_insert(0) += sign * q;
-        if let Some(source) = source {
-            let day = v["occurred_at"].as_str().unwrap()[..10].to_string();
-            let e = daily.entry((day, product, source)).or_default();
-            e.0 += q;
-            e.1 += q * cents(&v["unit_price"]);
-            e.2 += 1;
-        }
-    }
-    let expected_stock: BTreeSet<String> = stock.iter().map(|(p, q)| format!("{p}|{q}")).collect();
-    let actual_stock: BTreeSet<String> =
-        env.rows("SELECT product_id, quantity_on_hand FROM inventory").await.into_iter().collect();
-    assert_eq!(actual_stock, expected_stock);
-    let expected_daily: Vec<String> = daily
-        .iter()
-        .map(|((d, p, s), (u, c, o))| format!("{d}|{p}|{s}|{u}|{}.{:02}|{o}", c / 100, c % 100))
-        .collect();
-    assert_eq!(
-        env.rows(
-            "SELECT day, product_id, source, units, revenue, order_count FROM sales_daily ORDER BY 1, 2, 3"
-        )
-        .await,
-        expected_daily
-    );
-    let sales = daily.values().map(|v| v.2).sum::<i64>();
-    assert_eq!(env.count("SELECT count(*) FROM orders").await, sales);
-
-    // Outputs: at least one update per applied event, one dlq record per rejection.
-    let updated: BTreeSet<String> = updates
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<Value>(r.value.as_ref().unwrap()).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let missing: Vec<_> = distinct_ids.iter().filter(|id| !updated.contains(id.as_str())).take(5).collect();
-    assert!(missing.is_empty(), "applied events without an inventory_updates message: {missing:?}");
+    let checked = reference::assert_exactly_once(&env, 150, &opening).await;
+    assert_eq!(checked.messages, n);
+    assert!(checked.rejected > 100, "{checked:?}");
     eprintln!(
         "crash test: {kills} kills, {} applied, {} inventory_updates messages ({} re-sent after crashes)",
-        applied.len(),
-        updates.len(),
-        updates.len() - applied.len()
+        checked.applied,
+        checked.updates,
+        checked.updates - checked.applied
     );
-    let rejected = env.count("SELECT count(*) FROM events_log WHERE status = 'rejected'").await as usize;
-    assert!(rejected > 100, "{rejected}");
-    let dlq_keys: BTreeSet<(String, i64, i64)> = dlq
-        .iter()
-        .map(|r| {
-            let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
-            (
-                v["source_topic"].as_str().unwrap().to_string(),
-                v["partition"].as_i64().unwrap(),
-                v["offset"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(dlq_keys.len(), rejected, "one dlq record (at least) per rejected message");
 }
 
 /// A private PostgreSQL server this test may restart without disturbing others.

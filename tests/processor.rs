@@ -70,6 +70,8 @@ async fn every_rejection_code_duplicates_and_bad_bytes() {
     ];
     let refs: Vec<common::Outgoing<'_>> =
         messages.iter().map(|(t, k, v)| (*t, k.as_deref(), v.as_deref())).collect();
+    // Kafka's default limit is about 1 MB; the huge message needs more.
+    common::allow_message_bytes(&env, o, 2_000_000).await;
     send_raw(&env, &refs);
     env.run_to_idle(&[]);
 

@@ -92,3 +92,20 @@ pub fn mb(bytes: u64) -> f64 {
 pub fn since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
+
+/// Deletes the topics of `prefix` (the broker's log is persistent: a
+/// benchmark's topics would otherwise stay on disk).
+pub async fn delete_topics(prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let names: Vec<String> =
+        ["online_orders", "store_sales", "supplier_restocks", "inventory_updates", "dlq"]
+            .iter()
+            .map(|t| format!("{prefix}{t}"))
+            .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if let Err(e) = admin.delete_topics(&refs, &AdminOptions::new()).await {
+        eprintln!("could not delete the benchmark's topics {prefix}*: {e}");
+    }
+}

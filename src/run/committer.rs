@@ -47,7 +47,8 @@ fn committer_loop(
         std::thread::Builder::new().name("publisher".into()).spawn(move || -> Result<(), SinkError> {
             let mut recorded = Instant::now();
             for (epoch, messages) in out_rx {
-                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages))?;
+                let waiting = kafka_waiting(&metrics);
+                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages, &waiting))?;
                 acknowledged.fetch_max(epoch, Ordering::AcqRel);
                 // The next commit records the acknowledged epoch too; doing
                 // it here as well (at most every 200 ms) keeps what a crash

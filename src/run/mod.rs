@@ -96,7 +96,9 @@ fn now_slot(epoch_ms: u64) -> u64 {
 }
 
 /// Retries `f` with exponential backoff (100 ms .. 10 s) while its error is
-/// retriable, logging and counting each wait. Permanent errors return.
+/// retriable, counting each wait; the first failure of an outage is logged
+/// ("waiting for ..."), the later ones only at debug level, and the end of
+/// the outage once. Permanent errors return.
 fn retry_blocking<T>(
     metrics: &Metrics,
     what: &'static str,
@@ -104,10 +106,19 @@ fn retry_blocking<T>(
     mut f: impl FnMut() -> Result<T, SinkError>,
 ) -> Result<T, SinkError> {
     let mut wait = Duration::from_millis(100);
+    let mut since: Option<Instant> = None;
     loop {
         match f() {
             Ok(v) => {
                 metrics.waiting.get_or_create(&WhatLabel { what }).set(0);
+                if let Some(s) = since {
+                    tracing::info!(
+                        what,
+                        waited_s = s.elapsed().as_secs(),
+                        "{} answers again",
+                        display_name(what)
+                    );
+                }
                 return Ok(v);
             }
             Err(e) if e.is_retriable() => {
@@ -116,12 +127,34 @@ fn retry_blocking<T>(
                 }
                 metrics.retries.get_or_create(&WhatLabel { what }).inc();
                 metrics.waiting.get_or_create(&WhatLabel { what }).set(1);
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, what, "dependency unavailable; retrying");
+                if since.is_none() {
+                    since = Some(Instant::now());
+                    tracing::warn!(error = %e, what, "waiting for {}: unavailable; retrying with backoff", display_name(what));
+                } else {
+                    tracing::debug!(error = %e, retry_in_ms = wait.as_millis() as u64, what, "still unavailable; retrying");
+                }
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// How a dependency is named in log lines.
+fn display_name(what: &str) -> &str {
+    match what {
+        "kafka" => "Kafka",
+        "postgres" => "PostgreSQL",
+        other => other,
+    }
+}
+
+/// The `waiting` callback of [`sinks::kafka::OutputProducer::publish`]:
+/// sets `stockflow_waiting{what="kafka"}`.
+fn kafka_waiting(metrics: &Metrics) -> impl Fn(bool) + '_ {
+    move |on| {
+        metrics.waiting.get_or_create(&WhatLabel { what: "kafka" }).set(i64::from(on));
     }
 }
 
@@ -214,7 +247,12 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
         .then(|| recent_applied.iter().map(|(_, _, at)| *at).min())
         .flatten();
 
-    // Partitions of the input topics.
+    // Partitions of the input topics, once the brokers answer: a broker
+    // that is down is waited for (one log line, the `waiting` metric), one
+    // that refuses us (credentials, certificates) ends the start.
+    tokio::task::block_in_place(|| {
+        crate::kafka::reach(&kafka, crate::kafka::Patience::Wait, Some(&metrics))
+    })?;
     let counts = sinks::kafka::fetch_partition_counts(&kafka, &input_topics).await?;
     let mut partitions = Vec::new();
     for kind in EventKind::ALL {
@@ -456,7 +494,10 @@ fn republish(
         "re-publishing outputs committed before a crash"
     );
     let producer = sinks::kafka::OutputProducer::new(kafka)?;
-    tokio::task::block_in_place(|| retry_blocking(metrics, "kafka", None, || producer.publish(&messages)))?;
+    let waiting = kafka_waiting(metrics);
+    tokio::task::block_in_place(|| {
+        retry_blocking(metrics, "kafka", None, || producer.publish(&messages, &waiting))
+    })?;
     tokio::task::block_in_place(|| handle.block_on(postgres::set_published_epoch(client, last)))?;
     Ok(())
 }

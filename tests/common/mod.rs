@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
+pub mod reference;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_stockflow");
 
 pub fn base_database_url() -> String {
@@ -35,6 +37,9 @@ pub struct TestEnv {
     pub database_url: String,
     pub db_name: String,
     pub prefix: String,
+    /// Bootstrap servers for this env's commands and reads (the shared
+    /// broker unless a test points it at a private one).
+    pub brokers: String,
 }
 
 fn url_with_db(url: &str, db: &str) -> String {
@@ -57,6 +62,7 @@ impl TestEnv {
             database_url: url_with_db(&base_database_url(), &db_name),
             db_name,
             prefix: format!("{}.", unique(tag)),
+            brokers: brokers(),
         }
     }
 
@@ -72,7 +78,7 @@ impl TestEnv {
         let mut c = Command::new(BIN);
         c.args(args)
             .env("DATABASE_URL", &self.database_url)
-            .env("KAFKA_BROKERS", brokers())
+            .env("KAFKA_BROKERS", &self.brokers)
             .env("STOCKFLOW_TOPIC_PREFIX", &self.prefix)
             .env("RUST_LOG", "warn");
         c
@@ -123,18 +129,27 @@ pub struct Record {
 /// assignment, no consumer group) until `expected` records arrived or
 /// `timeout` passed. Never trusts the high watermark.
 pub fn consume_all(topics: &[String], expected: usize, timeout: Duration) -> Vec<Record> {
-    consume(topics, expected, timeout, None)
+    consume(&brokers(), topics, expected, timeout, None)
 }
 
 /// Reads every partition of `topics` from the beginning until nothing new
 /// arrived for `quiet` (or `timeout` passed).
 pub fn consume_until_quiet(topics: &[String], quiet: Duration, timeout: Duration) -> Vec<Record> {
-    consume(topics, usize::MAX, timeout, Some(quiet))
+    consume(&brokers(), topics, usize::MAX, timeout, Some(quiet))
 }
 
-fn consume(topics: &[String], expected: usize, timeout: Duration, quiet: Option<Duration>) -> Vec<Record> {
+/// Reads every partition of `topics` on `brokers` from the beginning, with
+/// `read_committed` (librdkafka's default), until `expected` records
+/// arrived, nothing new came for `quiet`, or `timeout` passed.
+pub fn consume(
+    brokers: &str,
+    topics: &[String],
+    expected: usize,
+    timeout: Duration,
+    quiet: Option<Duration>,
+) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("test"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
@@ -197,14 +212,30 @@ pub fn free_port() -> u16 {
 /// A message to send: topic (without prefix), key, value.
 pub type Outgoing<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
 
+/// Counts the messages the broker refused.
+#[derive(Default)]
+struct Refused(std::sync::Mutex<Vec<String>>);
+
+impl rdkafka::ClientContext for Refused {}
+
+impl rdkafka::producer::ProducerContext for Refused {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.0.lock().unwrap().push(e.to_string());
+        }
+    }
+}
+
 /// Sends `(topic, key, value)` messages (topic names without the env's
-/// prefix) and waits until the broker has them all.
+/// prefix) and waits until the broker has them all; fails the test if the
+/// broker refused any.
 pub fn send_raw(env: &TestEnv, messages: &[Outgoing<'_>]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    let producer: BaseProducer<Refused> = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
         .set("message.max.bytes", "4000000")
-        .create()
+        .create_with_context(Refused::default())
         .unwrap();
     for (topic, key, value) in messages {
         let topic = env.topic(topic);
@@ -219,6 +250,22 @@ pub fn send_raw(env: &TestEnv, messages: &[Outgoing<'_>]) {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
+    let refused = producer.context().0.lock().unwrap().clone();
+    assert!(refused.is_empty(), "the broker refused {} messages: {refused:?}", refused.len());
+}
+
+/// Lets `topic` (unprefixed) of `env` hold messages up to `bytes` (Kafka's
+/// default is about 1 MB).
+pub async fn allow_message_bytes(env: &TestEnv, topic: &str, bytes: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &env.brokers).create().unwrap();
+    let name = env.topic(topic);
+    let value = bytes.to_string();
+    let change = AlterConfig::new(ResourceSpecifier::Topic(&name)).set("max.message.bytes", &value);
+    for r in admin.alter_configs([&change], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
 }
 
 impl TestEnv {
@@ -279,6 +326,103 @@ impl TestEnv {
 
     /// Every record of one of the env's topics (unprefixed name).
     pub fn read_topic(&self, topic: &str, expected: usize) -> Vec<Record> {
-        consume_all(&[self.topic(topic)], expected, Duration::from_secs(30))
+        consume(&self.brokers, &[self.topic(topic)], expected, Duration::from_secs(30), None)
+    }
+
+    /// Every record of the env's `topics` (unprefixed names) until nothing
+    /// new came for `quiet`.
+    pub fn read_until_quiet(&self, topics: &[&str], quiet: Duration) -> Vec<Record> {
+        let topics: Vec<String> = topics.iter().map(|t| self.topic(t)).collect();
+        consume(&self.brokers, &topics, usize::MAX, Duration::from_secs(120), Some(quiet))
+    }
+}
+
+/// An Apache Kafka node of a test's own (`scripts/kafka.sh`, jars from the
+/// machine's cache), on free loopback ports in a temporary directory, for
+/// tests that kill, restart or reconfigure the broker without disturbing
+/// the others. Removed on drop.
+pub struct PrivateKafka {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+    pub controller_port: u16,
+}
+
+fn kafka_script(args: &[&str]) -> Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    Command::new(script)
+        .args(args)
+        .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
+        .output()
+        .expect("run scripts/kafka.sh")
+}
+
+impl PrivateKafka {
+    /// A new, formatted, running node with the default configuration.
+    pub fn start() -> PrivateKafka {
+        PrivateKafka::start_with(None, &[])
+    }
+
+    /// A new running node. `properties`, when given, is written as its
+    /// `server.properties` with `@LOG_DIR@`, `@PORT@` and
+    /// `@CONTROLLER_PORT@` replaced; `format_args` go to the one-time
+    /// format (e.g. `--add-scram`).
+    pub fn start_with(properties: Option<&str>, format_args: &[&str]) -> PrivateKafka {
+        let dir = std::env::temp_dir().join(unique("sfkafka"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = PrivateKafka { dir, port: free_port(), controller_port: free_port() };
+        if let Some(p) = properties {
+            let text = p
+                .replace("@LOG_DIR@", k.dir.join("data").to_str().unwrap())
+                .replace("@PORT@", &k.port.to_string())
+                .replace("@CONTROLLER_PORT@", &k.controller_port.to_string());
+            std::fs::write(k.dir.join("server.properties"), text).unwrap();
+        }
+        k.run_start(&format_args.join(" "));
+        k
+    }
+
+    fn run_start(&self, format_args: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+        let out = Command::new(script)
+            .args([
+                "start",
+                self.dir.to_str().unwrap(),
+                &self.port.to_string(),
+                &self.controller_port.to_string(),
+            ])
+            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
+            .env("KAFKA_FORMAT_ARGS", format_args)
+            .output()
+            .expect("run scripts/kafka.sh");
+        assert!(out.status.success(), "scripts/kafka.sh start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Its bootstrap address.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the broker dies mid-write, as in a power cut.
+    pub fn kill(&self) {
+        let out = kafka_script(&["kill", self.dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&self) {
+        let out = kafka_script(&["stop", self.dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts it again on the same log directory; returns when it serves metadata.
+    pub fn restart(&self) {
+        self.run_start("");
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        let _ = kafka_script(&["kill", self.dir.to_str().unwrap_or_default()]);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

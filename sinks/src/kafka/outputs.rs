@@ -255,13 +255,17 @@ pub struct OutputProducer {
 impl OutputProducer {
     /// A producer from the shared client configuration.
     pub fn new(base: &ClientConfig) -> Result<Self, SinkError> {
-        let mut config = ClientConfig::new();
-        config.set("message.timeout.ms", "0");
-        config.set("enable.idempotence", "true");
-        config.set("linger.ms", "2");
-        config.set("compression.type", "none");
-        for (k, v) in base.config_map().iter() {
-            config.set(*k, *v);
+        // A clone, never a copy of `config_map()` (which hides passwords).
+        let mut config = base.clone();
+        for (k, v) in [
+            ("message.timeout.ms", "0"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "2"),
+            ("compression.type", "none"),
+        ] {
+            if base.get(k).is_none() {
+                config.set(k, v);
+            }
         }
         let deliveries = Arc::new(Deliveries::default());
         let producer = config
@@ -271,7 +275,10 @@ impl OutputProducer {
     }
 
     /// Sends `messages` in order and blocks until all are acknowledged.
-    pub fn publish(&self, messages: &[OutputMessage]) -> Result<(), SinkError> {
+    /// While the broker does not acknowledge (down, restarting), logs one
+    /// "waiting for Kafka" line and calls `waiting(true)`; `waiting(false)`
+    /// once it has.
+    pub fn publish(&self, messages: &[OutputMessage], waiting: &dyn Fn(bool)) -> Result<(), SinkError> {
         let failed_before = self.deliveries.failed.load(Ordering::Relaxed);
         for m in messages {
             let mut record = BaseRecord::to(&m.topic).payload(&m.payload);
@@ -292,15 +299,17 @@ impl OutputProducer {
             }
         }
         let started = Instant::now();
-        loop {
-            match self.producer.flush(Duration::from_secs(10)) {
-                Ok(()) => break,
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    waited_s = started.elapsed().as_secs(),
-                    "output messages not acknowledged yet; is the broker up? still waiting"
-                ),
+        let mut waited = false;
+        while let Err(e) = self.producer.flush(Duration::from_secs(2)) {
+            if !waited {
+                waited = true;
+                waiting(true);
+                tracing::warn!(error = %e, "waiting for Kafka: output messages not acknowledged within 2 s");
             }
+        }
+        if waited {
+            waiting(false);
+            tracing::info!(waited_s = started.elapsed().as_secs(), "Kafka acknowledged the output messages");
         }
         let failed = self.deliveries.failed.load(Ordering::Relaxed) - failed_before;
         if failed > 0 {

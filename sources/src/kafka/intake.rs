@@ -43,10 +43,13 @@ pub struct ReadReport {
 
 /// Client context that keeps end-of-partition notices out of the error log
 /// (librdkafka reports them as "global errors"; they are routine here).
-/// Also keeps the watermarks librdkafka reports in its statistics (once a
-/// second), so that lag and end-of-input checks need no broker round trip.
+/// Also keeps the offsets librdkafka reports in its statistics (once a
+/// second), so that the lag metric needs no broker round trip.
 #[derive(Default)]
 pub struct IntakeContext {
+    /// `(low watermark, end)` per partition, where the end is the last
+    /// stable offset (what a `read_committed` consumer can reach: an open
+    /// transaction's messages are not readable yet).
     watermarks: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
 }
 
@@ -55,8 +58,9 @@ impl ClientContext for IntakeContext {
         if let Ok(mut w) = self.watermarks.lock() {
             for (topic, t) in statistics.topics {
                 for (partition, p) in t.partitions {
-                    if partition >= 0 && p.hi_offset >= 0 {
-                        w.insert((topic.clone(), partition), (p.lo_offset.max(0), p.hi_offset));
+                    let end = if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset };
+                    if partition >= 0 && end >= 0 {
+                        w.insert((topic.clone(), partition), (p.lo_offset.max(0), end));
                     }
                 }
             }
@@ -78,12 +82,13 @@ impl ConsumerContext for IntakeContext {}
 pub struct Intake {
     consumer: BaseConsumer<IntakeContext>,
     kinds: HashMap<String, EventKind>,
-    at_eof: HashMap<(String, i32), bool>,
     /// Next offset to read per partition, as far as this consumer knows
     /// (`None`: from the earliest, nothing read yet).
     next: HashMap<(String, i32), Option<i64>>,
     last_message: Instant,
-    last_error_log: Option<Instant>,
+    /// Since when reads fail (the broker is down or unreachable): logged
+    /// once when it starts and once when reading works again.
+    failing_since: Option<Instant>,
 }
 
 impl Intake {
@@ -97,6 +102,9 @@ impl Intake {
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", "true"),
                 ("auto.offset.reset", "earliest"),
+                // Messages of aborted transactions are never delivered,
+                // those of open ones only once committed (contract 5.1).
+                ("isolation.level", "read_committed"),
                 ("statistics.interval.ms", "1000"),
                 // The worker reads in bounded slices; a smaller pre-fetch queue
                 // keeps memory flat (librdkafka's default is 64 MB).
@@ -115,17 +123,16 @@ impl Intake {
         Ok(Intake {
             consumer,
             kinds: partitions.iter().map(|p| (p.topic.clone(), p.kind)).collect(),
-            at_eof: partitions.iter().map(|p| ((p.topic.clone(), p.partition), false)).collect(),
             next: partitions.iter().map(|p| ((p.topic.clone(), p.partition), p.next_offset)).collect(),
             last_message: Instant::now(),
-            last_error_log: None,
+            failing_since: None,
         })
     }
 
     /// Appends up to `budget` messages to `out` without blocking longer than `wait`.
     pub fn read(&mut self, budget: usize, wait: Duration, out: &mut Vec<RawMessage>) -> ReadReport {
         let mut report = ReadReport::default();
-        if self.at_eof.is_empty() {
+        if self.next.is_empty() {
             std::thread::sleep(wait);
             return report;
         }
@@ -135,11 +142,11 @@ impl Intake {
                 None => break,
                 Some(Ok(m)) => {
                     timeout = Duration::ZERO;
+                    if let Some(since) = self.failing_since.take() {
+                        tracing::info!(waited_s = since.elapsed().as_secs(), "Kafka answers again: reading");
+                    }
                     let Some(kind) = self.kinds.get(m.topic()).copied() else { continue };
                     let tp = (m.topic().to_string(), m.partition());
-                    if let Some(eof) = self.at_eof.get_mut(&tp) {
-                        *eof = false;
-                    }
                     self.next.insert(tp, Some(m.offset() + 1));
                     self.last_message = Instant::now();
                     out.push(RawMessage {
@@ -152,25 +159,26 @@ impl Intake {
                     });
                     report.messages += 1;
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    // librdkafka moved the position to the end (past markers).
                     timeout = Duration::ZERO;
-                    // The error carries only the partition: mark it on every topic.
-                    for ((_, part), eof) in self.at_eof.iter_mut() {
-                        if *part == p {
-                            *eof = true;
-                        }
+                    if let Some(since) = self.failing_since.take() {
+                        tracing::info!(waited_s = since.elapsed().as_secs(), "Kafka answers again: reading");
                     }
                 }
                 Some(Err(e)) => {
                     report.errors += 1;
-                    let quiet = self.last_error_log.is_some_and(|t| t.elapsed() < Duration::from_secs(10));
-                    if !quiet {
-                        let transient = matches!(
+                    if self.failing_since.is_none() {
+                        self.failing_since = Some(Instant::now());
+                        let outage = matches!(
                             e.rdkafka_error_code(),
                             Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
                         );
-                        tracing::warn!(error = %e, transient, "consumer error; the client retries");
-                        self.last_error_log = Some(Instant::now());
+                        if outage {
+                            tracing::warn!(error = %e, "waiting for Kafka: the broker is unreachable; the client reconnects by itself");
+                        } else {
+                            tracing::warn!(error = %e, "consumer error; the client retries");
+                        }
                     }
                     break;
                 }
@@ -179,22 +187,28 @@ impl Intake {
         report
     }
 
-    /// Whether every assigned partition reported its end since its last
-    /// message, confirmed against each partition's high watermark from
-    /// librdkafka's statistics (at most a second old). End-of-partition notices name only the
-    /// partition number, so they alone cannot tell topics apart; and some
-    /// brokers under-report the high watermark, so callers also wait for
-    /// quiet time.
+    /// Whether this consumer has read every assigned partition to its end.
+    ///
+    /// The end is what the broker reports for the consumer's isolation
+    /// level: the last stable offset under `read_committed` (librdkafka's
+    /// default and ours), the high watermark otherwise. The position is the
+    /// consumer's own, which librdkafka also moves past transaction markers
+    /// and aborted messages when it reports a partition's end, so a
+    /// partition that ends in markers counts as read. One metadata round
+    /// trip per partition: callers ask only once the input has been quiet.
     pub fn at_end(&self) -> bool {
-        if !self.at_eof.values().all(|e| *e) {
-            return false;
-        }
+        let Ok(position) = self.consumer.position() else { return false };
         self.next.iter().all(|((topic, partition), next)| {
-            let Ok((low, high)) = self.consumer.fetch_watermarks(topic, *partition, Duration::from_secs(2))
+            let Ok((low, end)) = self.consumer.fetch_watermarks(topic, *partition, Duration::from_secs(2))
             else {
                 return false;
             };
-            next.unwrap_or(low) >= high
+            let polled = position.find_partition(topic, *partition).and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            let at = polled.into_iter().chain(*next).max().unwrap_or(low);
+            at >= end
         })
     }
 
@@ -203,10 +217,9 @@ impl Intake {
         self.last_message.elapsed()
     }
 
-    /// Messages behind the high watermarks, summed over the assigned
-    /// partitions, from the watermarks in librdkafka's statistics (at most a
-    /// second old; no broker round trip). Brokers that under-report the high watermark make
-    /// this an under-estimate.
+    /// Messages (and transaction markers) behind the partitions' ends (last
+    /// stable offsets), summed over the assigned partitions, from
+    /// librdkafka's statistics (at most a second old; no broker round trip).
     pub fn lag(&self) -> i64 {
         let Ok(w) = self.consumer.context().watermarks.lock() else { return 0 };
         self.next
@@ -220,6 +233,6 @@ impl Intake {
 
     /// Number of assigned partitions.
     pub fn partitions(&self) -> usize {
-        self.at_eof.len()
+        self.next.len()
     }
 }

@@ -9,15 +9,33 @@ pub use intake::{Intake, PartitionStart, ReadReport, share};
 pub use produce::{ProduceError, ProduceOptions, ProduceSummary, Target, produce};
 pub use verify::{Finding, LoggedMessage, check_logged};
 
-/// A client configuration: `defaults`, then every setting of `base` (the
-/// user's settings win over ours).
+/// A client configuration: `base`, plus each of `defaults` that `base`
+/// does not set (the user's settings win over ours).
+///
+/// Starts from a clone of `base`, never from `base.config_map()`: that view
+/// replaces passwords (`sasl.password`, `ssl.key.password`, ...) with a
+/// placeholder, and a copy made from it fails to authenticate.
 fn with_defaults(base: &rdkafka::ClientConfig, defaults: &[(&str, &str)]) -> rdkafka::ClientConfig {
-    let mut config = rdkafka::ClientConfig::new();
+    let mut config = base.clone();
     for (k, v) in defaults {
-        config.set(*k, *v);
-    }
-    for (k, v) in base.config_map().iter() {
-        config.set(*k, *v);
+        if base.get(k).is_none() {
+            config.set(*k, *v);
+        }
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_gaps_and_keep_secrets() {
+        let mut base = rdkafka::ClientConfig::new();
+        base.set("sasl.password", "s3cret").set("linger.ms", "7");
+        let c = with_defaults(&base, &[("linger.ms", "2"), ("acks", "all")]);
+        assert_eq!(c.get("sasl.password"), Some("s3cret"), "the password survives the copy");
+        assert_eq!(c.get("linger.ms"), Some("7"), "the user's setting wins");
+        assert_eq!(c.get("acks"), Some("all"));
+    }
 }

@@ -126,6 +126,10 @@ pub fn produce(
     let counter = Arc::new(DeliveryCounter::default());
     let (producer, mut lines) = match target {
         Target::Kafka(config) => {
+            // Idempotence: a retry after a broker outage or a lost
+            // acknowledgement never writes a message twice (upstream systems
+            // would send duplicates of their own only on purpose).
+            let config = super::with_defaults(&config, &[("enable.idempotence", "true")]);
             let p: BaseProducer<CountingContext> =
                 config.create_with_context(CountingContext(counter.clone()))?;
             // Fail fast with a clear message when no broker answers.

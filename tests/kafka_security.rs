@@ -1,0 +1,225 @@
+//! Secure clients: a private Apache Kafka node with a SASL_SSL listener
+//! (SCRAM-SHA-512, a certificate from a CA this test makes with openssl).
+//! stockflow's commands connect through `STOCKFLOW_KAFKA_OPTIONS`; a wrong
+//! password or a certificate signed by a CA the client does not trust gives
+//! a one-line error and a non-zero exit, never an endless retry.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{PrivateKafka, TestEnv, free_port};
+
+const USER: &str = "stockflow";
+const PASSWORD: &str = "s3cret-Pa55word";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA (`<name>-ca.pem`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+            "-keyout",
+            &format!("{name}-ca.key"),
+            "-out",
+            &format!("{name}-ca.pem"),
+        ],
+    );
+}
+
+/// The broker's key and certificate for 127.0.0.1, signed by CA `ca`, as
+/// one PEM file (PKCS#8 key, then the certificate) for a PEM keystore.
+fn make_broker_keystore(dir: &Path, ca: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "broker.key",
+            "-out",
+            "broker.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "broker.csr",
+            "-CA",
+            &format!("{ca}-ca.pem"),
+            "-CAkey",
+            &format!("{ca}-ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "broker.pem",
+        ],
+    );
+    openssl(dir, &["pkcs8", "-topk8", "-nocrypt", "-in", "broker.key", "-out", "broker.pk8"]);
+    let keystore = dir.join("broker-keystore.pem");
+    let text = std::fs::read_to_string(dir.join("broker.pk8")).unwrap()
+        + &std::fs::read_to_string(dir.join("broker.pem")).unwrap();
+    std::fs::write(&keystore, text).unwrap();
+    keystore
+}
+
+/// Runs `cmd` and kills it if it has not ended within `limit`: an error
+/// that is retried forever fails the test instead of hanging it.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?} (endless retry?): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `STOCKFLOW_KAFKA_OPTIONS` for SCRAM over TLS (KAFKA_BROKERS names the
+/// SASL_SSL port).
+fn options(password: &str, ca: &Path) -> String {
+    format!(
+        "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username={USER},sasl.password={password},ssl.ca.location={}",
+        ca.display()
+    )
+}
+
+/// Asserts a failed command said why in one line, without the password.
+fn assert_one_line_failure(out: &Output, what: &str, expect: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: must fail: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("stockflow: error:")).collect();
+    assert_eq!(errors.len(), 1, "{what}: one error line: {stderr}");
+    assert!(expect.iter().any(|e| errors[0].contains(e)), "{what}: the error names the cause: {stderr}");
+    eprintln!("{what}: {}", errors[0]);
+    assert!(
+        !stderr.contains(PASSWORD) && !stderr.contains("wrong-password"),
+        "{what}: no password in the output: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+}
+
+#[tokio::test]
+async fn sasl_ssl_connects_and_refusals_end_in_one_line() {
+    let dir = std::env::temp_dir().join(common::unique("sfsasl"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca(&dir, "ours");
+    make_ca(&dir, "stranger");
+    let keystore = make_broker_keystore(&dir, "ours");
+    let sasl_port = free_port();
+    let properties = format!(
+        "process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:@CONTROLLER_PORT@
+listeners=PLAINTEXT://127.0.0.1:@PORT@,CONTROLLER://127.0.0.1:@CONTROLLER_PORT@,SASL_SSL://127.0.0.1:{sasl_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:@PORT@,SASL_SSL://127.0.0.1:{sasl_port}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location={}
+log.dirs=@LOG_DIR@
+auto.create.topics.enable=false
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+",
+        keystore.display()
+    );
+    let scram = format!("SCRAM-SHA-512=[name={USER},password={PASSWORD}]");
+    let kafka = PrivateKafka::start_with(Some(&properties), &["--add-scram", &scram]);
+
+    let mut env = TestEnv::new("sasl").await;
+    env.brokers = format!("127.0.0.1:{sasl_port}");
+    let ours = dir.join("ours-ca.pem");
+    let with = |opts: String, args: &[&str]| {
+        let mut c = env.command(args);
+        c.env("STOCKFLOW_KAFKA_OPTIONS", opts);
+        c
+    };
+
+    // The right credentials and CA: the whole pipeline over SASL_SSL.
+    env.ok(&["migrate"]);
+    env.ok(&["seed", "--products", "30", "--suppliers", "5"]);
+    let good = options(PASSWORD, &ours);
+    let out = output_within(with(good.clone(), &["topics", "--partitions", "1"]), Duration::from_secs(60));
+    assert!(out.status.success(), "topics over SASL_SSL: {}", String::from_utf8_lossy(&out.stderr));
+    let out = output_within(
+        with(good.clone(), &["produce", "--count", "300", "--seed", "3", "--quiet"]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "produce over SASL_SSL: {}", String::from_utf8_lossy(&out.stderr));
+    let out = output_within(
+        with(good.clone(), &["run", "--exit-when-idle", "1", "--epoch-ms", "50"]),
+        Duration::from_secs(90),
+    );
+    assert!(out.status.success(), "run over SASL_SSL: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.count("SELECT count(*) FROM events_log").await, 300);
+
+    // A wrong password: every command ends within 30 s with one line.
+    let bad = options("wrong-password", &ours);
+    for args in [&["topics"][..], &["produce", "--count", "10", "--quiet"], &["run", "--exit-when-idle", "1"]]
+    {
+        let out = output_within(with(bad.clone(), args), Duration::from_secs(30));
+        assert_one_line_failure(
+            &out,
+            &format!("{args:?} with a wrong password"),
+            &["Authentication", "authentication"],
+        );
+    }
+
+    // A broker certificate from a CA the client does not trust.
+    let untrusted = options(PASSWORD, &dir.join("stranger-ca.pem"));
+    for args in [&["topics"][..], &["run", "--exit-when-idle", "1"]] {
+        let out = output_within(with(untrusted.clone(), args), Duration::from_secs(30));
+        assert_one_line_failure(
+            &out,
+            &format!("{args:?} with an untrusted certificate"),
+            &["certificate", "SSL"],
+        );
+    }
+    drop(kafka);
+    let _ = std::fs::remove_dir_all(&dir);
+}
