@@ -82,6 +82,7 @@ pub(super) fn run_worker(
     let mut last_data_epoch = 0u64;
     let mut buf = Vec::with_capacity(4096);
     let mut idle_reads = 0u32;
+    let mut input_failing = false;
     let mut last_lag_check = Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now);
     tracing::debug!(worker = index, partitions = my_partitions.len(), "worker started");
 
@@ -141,6 +142,13 @@ pub(super) fn run_worker(
         idle_reads = if buf.is_empty() { idle_reads + 1 } else { 0 };
         if report.errors > 0 {
             metrics.consumer_errors.inc_by(report.errors as u64);
+        }
+        // The broker is down or unreachable: say so in the metrics (the
+        // intake logs the start and the end of the outage once).
+        let failing = intake.failing();
+        if failing != input_failing {
+            input_failing = failing;
+            metrics.waiting.get_or_create(&WhatLabel { what: "kafka" }).set(i64::from(failing));
         }
         if !buf.is_empty() {
             if let Some(ts) = buf.last().and_then(|m| m.timestamp_ms) {

@@ -212,6 +212,12 @@ impl Intake {
         })
     }
 
+    /// Whether reads fail right now (since the last error, nothing was read
+    /// and no partition end was reported).
+    pub fn failing(&self) -> bool {
+        self.failing_since.is_some()
+    }
+
     /// Time since the last message.
     pub fn quiet_for(&self) -> Duration {
         self.last_message.elapsed()
