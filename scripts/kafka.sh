@@ -51,7 +51,7 @@ install() {
         local tmp
         tmp="$(mktemp -d)"
         cp "$POM" "$tmp/pom.xml"
-        (cd "$tmp" && mvn -q -B package) >&2 || die "mvn could not assemble the broker (see above)"
+        (cd "$tmp" && mvn -q -B -Dstyle.color=never package) >&2 || die "mvn could not assemble the broker (see above)"
         rm -rf "$dist"
         mkdir -p "$dist"
         mv "$tmp/target/libs" "$dist/libs"

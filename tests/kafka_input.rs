@@ -100,21 +100,9 @@ fn event_id(l: &Line) -> String {
 /// Runs `stockflow run --exit-when-idle 1` and fails the test if it has not
 /// finished within `limit` (a stalled end-of-input check would hang forever).
 fn run_to_idle_within(env: &TestEnv, limit: Duration) -> std::process::Output {
-    let mut child =
+    let child =
         env.spawn(&["run", "--exit-when-idle", "1", "--epoch-ms", "50", "--reference-refresh-ms", "200"]);
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "stockflow run --exit-when-idle did not finish within {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_within(child, limit);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     out
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{PrivateKafka, TestEnv, free_port};
 
@@ -90,23 +90,9 @@ fn make_broker_keystore(dir: &Path, ca: &str) -> std::path::PathBuf {
     keystore
 }
 
-/// Runs `cmd` and kills it if it has not ended within `limit`: an error
-/// that is retried forever fails the test instead of hanging it.
+/// Runs `cmd`, failing the test if it has not ended within `limit`.
 fn output_within(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {limit:?} (endless retry?): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
+    common::output_within(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), limit)
 }
 
 /// `STOCKFLOW_KAFKA_OPTIONS` for SCRAM over TLS (KAFKA_BROKERS names the

@@ -127,7 +127,7 @@ pub struct Record {
 
 /// Reads every partition of `topics` from the beginning (explicit
 /// assignment, no consumer group) until `expected` records arrived or
-/// `timeout` passed. Never trusts the high watermark.
+/// `timeout` passed.
 pub fn consume_all(topics: &[String], expected: usize, timeout: Duration) -> Vec<Record> {
     consume(&brokers(), topics, expected, timeout, None)
 }
@@ -200,6 +200,22 @@ impl Drop for TestEnv {
         })
         .join();
     }
+}
+
+/// Waits for `child` (stdout and stderr piped) and fails the test if it
+/// has not ended within `limit`: a wait that never ends (an endless retry,
+/// a stalled end-of-input check) fails instead of hanging the suite.
+pub fn output_within(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("still running after {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// A loopback port free right now (the OS picks it; tests running in
@@ -322,6 +338,38 @@ impl TestEnv {
     pub async fn count(&self, query: &str) -> i64 {
         let client = self.client().await;
         client.query_one(query, &[]).await.unwrap().get::<_, i64>(0)
+    }
+
+    /// The sum of the high watermarks of the three input topics: where a
+    /// processor that has read everything stands (`sum(next_offset)` of
+    /// `source_offsets`). Transaction markers count as offsets.
+    pub fn input_end(&self) -> i64 {
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &self.brokers).create().unwrap();
+        let mut end = 0;
+        for t in ["online_orders", "store_sales", "supplier_restocks"] {
+            let t = self.topic(t);
+            let md = consumer.fetch_metadata(Some(&t), Duration::from_secs(10)).unwrap();
+            for p in md.topics()[0].partitions() {
+                end += consumer.fetch_watermarks(&t, p.id(), Duration::from_secs(10)).unwrap().1;
+            }
+        }
+        end
+    }
+
+    /// Waits until the processor has stored progress up to [`Self::input_end`]
+    /// (fails the test after `limit`).
+    pub async fn wait_caught_up(&self, limit: Duration) {
+        let end = self.input_end();
+        let deadline = Instant::now() + limit;
+        loop {
+            let at = self.count("SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets").await;
+            if at >= end {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the processor stands at {at} of {end} after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Every record of one of the env's topics (unprefixed name).
