@@ -35,7 +35,7 @@ pub struct GlobalArgs {
     #[arg(long = "kafka-option", global = true, env = "STOCKFLOW_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
 
-    /// Prefix for all five topic names (isolates test and benchmark runs; empty in production).
+    /// Prefix for all six topic names (isolates test and benchmark runs; empty in production).
     #[arg(long, global = true, env = "STOCKFLOW_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
 
@@ -53,6 +53,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// How `stockflow run` writes the output topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputsMode {
+    /// Each commit's messages in one Kafka transaction: a `read_committed`
+    /// consumer sees every message exactly once, whatever crashes.
+    ExactlyOnce,
+    /// Sent after the commit and re-sent after a crash (for brokers without
+    /// transactions): a consumer may see a message twice.
+    AtLeastOnce,
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
@@ -66,7 +77,7 @@ pub enum Command {
     Migrate,
     /// Load a deterministic catalog and opening stock (never overwrites).
     Seed(SeedArgs),
-    /// Create the five topics if missing (safe to run again).
+    /// Create the six topics if missing (safe to run again).
     Topics(TopicsArgs),
     /// Send simulated online orders, store sales and restocks.
     Produce(ProduceArgs),
@@ -100,6 +111,9 @@ pub struct RunArgs {
     /// How often (ms) to re-read products and suppliers.
     #[arg(long, env = "STOCKFLOW_REFERENCE_REFRESH_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub reference_refresh_ms: u64,
+    /// How the output topics are written.
+    #[arg(long, env = "STOCKFLOW_OUTPUTS", value_enum, default_value_t = OutputsMode::ExactlyOnce)]
+    pub outputs: OutputsMode,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "STOCKFLOW_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

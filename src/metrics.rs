@@ -47,6 +47,7 @@ pub struct Metrics {
     pub read_delay_seconds: Family<WorkerLabel, Gauge<f64, AtomicU64>>,
     pub last_committed_epoch: Gauge,
     pub low_stock_products: Gauge,
+    pub stock_alerts: Counter,
     pub dedup_ids: Gauge,
     pub waiting: Family<WhatLabel, Gauge>,
 }
@@ -102,9 +103,11 @@ impl Metrics {
         let low_stock_products = Gauge::default();
         registry.register(
             "low_stock_products",
-            "Products at or below their reorder level",
+            "Products whose last stock alert said low (at or below their reorder level)",
             low_stock_products.clone(),
         );
+        let stock_alerts = Counter::default();
+        registry.register("stock_alerts", "Stock alerts raised (low and recovered)", stock_alerts.clone());
         let dedup_ids = Gauge::default();
         registry.register("dedup_ids", "Event ids held in the in-memory dedup horizon", dedup_ids.clone());
         let waiting = Family::<WhatLabel, Gauge>::default();
@@ -122,6 +125,7 @@ impl Metrics {
             read_delay_seconds,
             last_committed_epoch,
             low_stock_products,
+            stock_alerts,
             dedup_ids,
             waiting,
         })

@@ -1,5 +1,6 @@
 //! Exactly-once under failure: `kill -9` of the real binary at random
-//! moments, and a PostgreSQL restart in the middle of a run.
+//! moments (effects and output topics checked against the independent
+//! reference), and a PostgreSQL restart in the middle of a run.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -62,15 +63,14 @@ async fn kill_nine_at_random_moments_changes_nothing() {
     assert!(producer.wait().unwrap().success());
     let done = spawn_run(&env, &["--exit-when-idle", "2"]).wait_with_output().unwrap();
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-    assert!(kills >= 10);
+    assert!(kills >= 12);
     let checked = reference::assert_exactly_once(&env, 150, &opening).await;
     assert_eq!(checked.messages, n);
     assert!(checked.rejected > 100, "{checked:?}");
     eprintln!(
-        "crash test: {kills} kills, {} applied, {} inventory_updates messages ({} re-sent after crashes)",
-        checked.applied,
-        checked.updates,
-        checked.updates - checked.applied
+        "crash test: {kills} kills, {} applied, {} rejected; read_committed: {} inventory_updates, {} dlq, {} \
+         stock_alerts messages, each once",
+        checked.applied, checked.rejected, checked.updates, checked.dlq, checked.alerts
     );
 }
 

@@ -183,10 +183,10 @@ async fn migrate_and_seed_are_idempotent_and_complete() {
 async fn topics_are_created_once() {
     let env = TestEnv::new("topics").await;
     let first = env.ok(&["topics", "--partitions", "2"]);
-    assert_eq!(first.matches("created").count(), 5, "{first}");
+    assert_eq!(first.matches("created").count(), 6, "{first}");
     let second = env.ok(&["topics", "--partitions", "2"]);
-    assert_eq!(second.matches("exists (2 partitions)").count(), 5, "{second}");
-    for t in ["online_orders", "store_sales", "supplier_restocks", "inventory_updates", "dlq"] {
+    assert_eq!(second.matches("exists (2 partitions)").count(), 6, "{second}");
+    for t in ["online_orders", "store_sales", "supplier_restocks", "inventory_updates", "stock_alerts", "dlq"] {
         assert!(second.contains(&env.topic(t)), "{second}");
     }
 }

@@ -3,13 +3,12 @@
 //! ```text
 //!  raw messages ──decode──▶ exchange(event_id) ──▶ Validate ──▶ outcomes ─┐
 //!  reference updates ──broadcast────────────────────┘   │                  │
-//!                                 per-epoch sums of the │ applied events   │
-//!              ┌─────────────────────────────────────────┘                  │
-//!              ├─ (product, delta) ── consolidate ──▶ stock deltas ─────────┤
-//!              ├─ ((day, product, source), (units, cents, orders))          │
-//!              │            ── consolidate ──▶ sales_daily deltas ──────────┤
-//!              └─ + opening stock ── count ── join reorder levels           │
-//!                         ── low-stock set changes ──────────────────────────┤
+//!        │                        per-epoch sums of the │ applied events   │
+//!        │     ┌─────────────────────────────────────────┘                  │
+//!        │     ├─ (product, delta) ── consolidate ──▶ stock deltas ─────────┤
+//!        │     └─ ((hour, product, source), (units, cents, orders))         │
+//!        │                  ── consolidate ──▶ sales_hourly deltas ─────────┤
+//!        └─ new products, new reorder levels ──▶ rechecks ──────────────────┤
 //!                                                  exchange(0) ──▶ Commit ◀─┘
 //! ```
 //!
@@ -19,17 +18,20 @@
 //! that reference data committed up to `t` is known, and then handles the
 //! epoch's messages in position order: the outcome does not depend on how
 //! messages were spread over workers. It also sums the epoch's applied
-//! events per product and per `sales_daily` row before they leave it (a
+//! events per product and per `sales_hourly` row before they leave it (a
 //! combiner), so the differential operators downstream see a record per key
 //! and epoch, not one per event.
 //!
 //! *Commit* gathers everything of epoch `t` on worker 0 and, once the
-//! frontier has passed `t`, hands one [`EpochBatch`] to the driver, which
+//! frontier has passed it, hands one [`EpochBatch`] to the driver, which
 //! writes it in one transaction. Stock and sales leave the dataflow as net
 //! changes per epoch (differential's diffs), so the database applies
 //! increments: a product whose stock returns to exactly 0 is written as a
-//! change of `-old`, and a product whose count vanishes (a retraction
-//! without an insertion) reads as 0 in the low-stock join.
+//! change of `-old`. Whether a product is low is decided where its stock
+//! and reorder level are committed, in that transaction (the dataflow
+//! holds no copy of either that could drift from the database): the
+//! dataflow only names the products to check besides those its events
+//! touched (*rechecks*: reference data that changed at `t`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -95,7 +97,7 @@ enum Validated {
     Outcome(Outcome),
     /// Net stock change of a product.
     Stock(String, i64),
-    /// Change to a `sales_daily` row: units, revenue in cents, sale events.
+    /// Change to a `sales_hourly` row: units, revenue in cents, sale events.
     Sales(SalesKey, (i64, i128, i64)),
 }
 
@@ -104,7 +106,6 @@ enum Validated {
 pub fn build<'scope>(
     raw: RecordStream<'scope, RawMessage>,
     refs: RecordStream<'scope, RefUpdate>,
-    opening_stock: VecCollection<'scope, Epoch, String, i64>,
     config: GraphConfig,
     stats: Arc<GraphStats>,
 ) -> RecordStream<'scope, (SinkRecord, Epoch)> {
@@ -128,29 +129,19 @@ pub fn build<'scope>(
     })
     .consolidate();
 
-    // Net sales_daily change per (day, product, source) and epoch.
+    // Net sales_hourly change per (hour, product, source) and epoch.
     let sales = as_updates(sales_in, |v| match v {
         Validated::Sales(key, diff) => Some((key, diff)),
         _ => None,
     })
     .consolidate();
 
-    // The low-stock set: products whose stock (opening + applied) is at or
-    // below their reorder level. Stock is a count keyed by product; a product
-    // absent from the count has 0.
-    let levels = as_updates(refs, |u| match u {
-        RefUpdate::ProductUpsert { product_id, reorder_level } => Some(((product_id, reorder_level), 1i64)),
-        RefUpdate::ProductRemoved { product_id, reorder_level } => Some(((product_id, reorder_level), -1i64)),
+    // Products whose reference data changed: a new product, or a new
+    // reorder level (an upsert; worker 0 feeds every product at start).
+    let rechecks = as_updates(refs, |u| match u {
+        RefUpdate::ProductUpsert { product_id, .. } => Some((SinkRecord::Recheck(product_id), 1i64)),
         _ => None,
     });
-    // Counting the per-epoch net changes (not every event) keeps the arrangement work per product.
-    let stock = opening_stock.concat(stock_deltas.clone()).count_core::<i64>();
-    let not_low = levels
-        .clone()
-        .join_map(stock, |p, level, q| (p.clone(), i64::from(*level), *q))
-        .filter(|(_, level, q)| q > level)
-        .map(|(p, level, _)| (p, level as i32));
-    let low = levels.concat(not_low.negate()).consolidate();
 
     // Differential sends updates of several times under one capability, so
     // each record carries its own epoch to the commit.
@@ -164,7 +155,7 @@ pub fn build<'scope>(
     .concat(sales.inner.map(|(key, t, (units, revenue_cents, orders))| {
         (SinkRecord::Sales(SalesDelta { key, units, revenue_cents, orders }), t)
     }))
-    .concat(low.inner.map(|((p, _level), t, d)| (SinkRecord::LowStock(p, d > 0), t)))
+    .concat(rechecks.inner.map(|(r, t, _)| (r, t)))
 }
 
 /// The records of a stream that `f` keeps, as `(data, diff)`, in a
@@ -291,9 +282,9 @@ fn decide_epoch(
     };
     let mut out = Vec::with_capacity(batch.len());
     // The combiner: per product, its net stock change and its sales rows
-    // ((day, source) -> (units, cents, orders); a handful per epoch). One
+    // ((hour, source) -> (units, cents, orders); a handful per epoch). One
     // lookup by `&str` per applied event; the id is copied once per product.
-    type Sums = (i64, Vec<((chrono::NaiveDate, crate::model::SaleSource), (i64, i128, i64))>);
+    type Sums = (i64, Vec<((chrono::DateTime<chrono::Utc>, crate::model::SaleSource), (i64, i128, i64))>);
     let mut sums: HashMap<String, Sums, foldhash::fast::RandomState> = HashMap::default();
     for Decoded { msg, result } in batch {
         let event = match result {
@@ -333,7 +324,7 @@ fn decide_epoch(
                 };
                 product.0 += event.delta();
                 if let Some(source) = event.kind().sale_source() {
-                    let key = (event.day(), source);
+                    let key = (event.hour(), source);
                     let row = match product.1.iter().position(|(k, _)| *k == key) {
                         Some(i) => &mut product.1[i].1,
                         None => {
@@ -364,8 +355,8 @@ fn decide_epoch(
         }
     }
     for (product, (stock, sales)) in sums {
-        for ((day, source), diff) in sales {
-            out.push(Validated::Sales((day, product.clone(), source), diff));
+        for ((hour, source), diff) in sales {
+            out.push(Validated::Sales((hour, product.clone(), source), diff));
         }
         if stock != 0 {
             out.push(Validated::Stock(product, stock));
@@ -397,7 +388,7 @@ where
                         SinkRecord::Outcome(o) => batch.outcomes.push(o),
                         SinkRecord::Stock(p, d) => batch.stock_deltas.push((p, d)),
                         SinkRecord::Sales(s) => batch.sales.push(s),
-                        SinkRecord::LowStock(p, low) => batch.low_stock_changes.push((p, low)),
+                        SinkRecord::Recheck(p) => batch.rechecks.push(p),
                     }
                 }
             }

@@ -4,7 +4,6 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use differential_dataflow::input::Input;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
@@ -31,8 +30,7 @@ pub fn catalog_updates(catalog: &Catalog) -> Vec<RefUpdate> {
 }
 
 /// Runs `epochs` of messages (epoch `i + 1` holds `epochs[i]`) through the
-/// graph on `workers` threads, with `catalog` as reference data and opening
-/// stock, and returns the committed batches in epoch order.
+/// graph on `workers` threads, with `catalog` as reference data, and returns the committed batches in epoch order.
 pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Vec<EpochBatch> {
     run_shares(catalog, split(workers, epochs))
 }
@@ -84,8 +82,7 @@ pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<Ep
         let mut raw = InputHandle::new();
         let mut refs = InputHandle::new();
         let probe = ProbeHandle::new();
-        let mut opening = worker.dataflow::<u64, _, _>(|scope| {
-            let (opening_input, opening) = scope.new_collection::<String, i64>();
+        worker.dataflow::<u64, _, _>(|scope| {
             let config = GraphConfig {
                 dedup_horizon: chrono::Duration::days(7),
                 dedup_max_ids: 10_000_000,
@@ -97,7 +94,6 @@ pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<Ep
             let records = graph::build(
                 raw.to_stream(scope),
                 refs.to_stream(scope),
-                opening,
                 config,
                 Arc::new(GraphStats::default()),
             );
@@ -108,14 +104,10 @@ pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<Ep
                     let _ = tx.send(batch);
                 }
             });
-            opening_input
         });
         if index == 0 {
             for u in catalog_updates(&catalog) {
                 refs.send(u);
-            }
-            for p in &catalog.products {
-                opening.update(p.product_id.clone(), p.quantity_on_hand);
             }
         }
         let mine = shares[index].lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
@@ -123,8 +115,6 @@ pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<Ep
             let epoch = i as u64 + 1;
             raw.advance_to(epoch);
             refs.advance_to(epoch);
-            opening.advance_to(epoch);
-            opening.flush();
             raw.send_batch(&mut messages);
             // Like a real driver: read on while the dataflow keeps up, at
             // most a few epochs ahead of what it has finished.
@@ -135,8 +125,6 @@ pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<Ep
         let end = rounds as u64 + 1;
         raw.advance_to(end);
         refs.advance_to(end);
-        opening.advance_to(end);
-        opening.flush();
         while probe.less_than(&end) {
             worker.step_or_park(None);
         }

@@ -153,6 +153,14 @@ impl Event {
         self.occurred_at.date_naive()
     }
 
+    /// The UTC hour the event belongs to (its start, on the hour), for
+    /// hourly windows. It depends on the instant only, not on the offset
+    /// `occurred_at` was written with (`+05:30` included).
+    pub fn hour(&self) -> DateTime<Utc> {
+        let t = self.occurred_at.timestamp();
+        DateTime::from_timestamp(t - t.rem_euclid(3600), 0).unwrap_or(self.occurred_at)
+    }
+
     /// The supplier a restock names, if this is one.
     pub fn supplier_id(&self) -> Option<&str> {
         match &self.detail {
@@ -354,7 +362,7 @@ pub struct Catalog {
     pub suppliers: Vec<Supplier>,
 }
 
-/// The names of the five contract topics, with an optional common prefix.
+/// The names of the six contract topics, with an optional common prefix.
 ///
 /// The prefix is empty in production (the contract's names); tests and
 /// benchmarks set one so that runs sharing a broker never see each other.
@@ -384,12 +392,26 @@ impl TopicNames {
         format!("{}dlq", self.prefix)
     }
 
-    /// All five topics: the three inputs, then the two outputs.
+    /// The output topic for reorder-level crossings.
+    pub fn stock_alerts(&self) -> String {
+        format!("{}stock_alerts", self.prefix)
+    }
+
+    /// The three output topics.
+    pub fn outputs(&self) -> Vec<String> {
+        vec![self.inventory_updates(), self.stock_alerts(), self.dlq()]
+    }
+
+    /// All six topics: the three inputs, then the three outputs.
     pub fn all(&self) -> Vec<String> {
         let mut v: Vec<String> = EventKind::ALL.iter().map(|k| self.input(*k)).collect();
-        v.push(self.inventory_updates());
-        v.push(self.dlq());
+        v.extend(self.outputs());
         v
+    }
+
+    /// The prefix before every topic name (empty by default).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Which input kind a (prefixed) topic name carries.

@@ -1,6 +1,6 @@
 //! The records that flow into, through and out of the dataflow.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Event, EventKind, Rejection, SaleSource};
@@ -133,13 +133,16 @@ pub enum RefUpdate {
     SupplierRemoved(String),
 }
 
-/// The key of a `sales_daily` row.
-pub type SalesKey = (NaiveDate, String, SaleSource);
+/// The key of a `sales_hourly` row: the UTC hour (on the hour) the sales
+/// happened in, the product and the source. A `sales_daily` row sums the
+/// hours of its day.
+pub type SalesKey = (DateTime<Utc>, String, SaleSource);
 
-/// A change to one `sales_daily` row: units, revenue in cents, order count.
+/// A change to one `sales_hourly` row (and so to its day's `sales_daily`
+/// row): units, revenue in cents, order count.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SalesDelta {
-    /// (UTC day, product, source).
+    /// (UTC hour, product, source).
     pub key: SalesKey,
     /// Units sold.
     pub units: i64,
@@ -158,16 +161,18 @@ pub struct EpochBatch {
     pub outcomes: Vec<Outcome>,
     /// Net stock change per product in this epoch (non-zero only).
     pub stock_deltas: Vec<(String, i64)>,
-    /// Net `sales_daily` changes in this epoch (non-zero only).
+    /// Net `sales_hourly` changes in this epoch (non-zero only).
     pub sales: Vec<SalesDelta>,
-    /// Products that became low (`true`) or stopped being low (`false`).
-    pub low_stock_changes: Vec<(String, bool)>,
+    /// Products whose reference data changed at this epoch (new, or a new
+    /// reorder level; at start: every product): the commit checks them for
+    /// a reorder-level crossing even if no event touched them.
+    pub rechecks: Vec<String>,
 }
 
 impl EpochBatch {
     /// Whether there is nothing to commit.
     pub fn is_empty(&self) -> bool {
-        self.outcomes.is_empty() && self.low_stock_changes.is_empty()
+        self.outcomes.is_empty() && self.rechecks.is_empty()
     }
 
     /// How many messages were applied, plain duplicates, and rejected.
@@ -190,13 +195,13 @@ impl EpochBatch {
         self.outcomes.sort_by_key(|o| o.msg().position());
         self.stock_deltas.sort();
         self.sales.sort_by(|a, b| a.key.cmp(&b.key));
-        self.low_stock_changes.sort();
+        self.rechecks.sort();
+        self.rechecks.dedup();
     }
 
     /// Takes in the batch of a later epoch, so both commit in one
     /// transaction as if they were one epoch (`later`'s): messages stay in
-    /// epoch order, stock and sales changes are summed, and a product's
-    /// last low-stock change wins.
+    /// epoch order, stock and sales changes are summed, rechecks united.
     pub fn absorb(&mut self, later: EpochBatch) {
         debug_assert!(later.epoch >= self.epoch, "epochs merge in order");
         self.epoch = later.epoch;
@@ -224,10 +229,9 @@ impl EpochBatch {
             .into_iter()
             .map(|(key, (units, revenue_cents, orders))| SalesDelta { key, units, revenue_cents, orders })
             .collect();
-        let mut low: std::collections::BTreeMap<String, bool> =
-            std::mem::take(&mut self.low_stock_changes).into_iter().collect();
-        low.extend(later.low_stock_changes);
-        self.low_stock_changes = low.into_iter().collect();
+        self.rechecks.extend(later.rechecks);
+        self.rechecks.sort();
+        self.rechecks.dedup();
     }
 }
 
@@ -249,10 +253,10 @@ pub enum SinkRecord {
     Outcome(Outcome),
     /// A product's net stock change.
     Stock(String, i64),
-    /// A `sales_daily` change.
+    /// A `sales_hourly` change.
     Sales(SalesDelta),
-    /// A low-stock set change.
-    LowStock(String, bool),
+    /// A product to check for a reorder-level crossing.
+    Recheck(String),
 }
 
 #[cfg(test)]
@@ -272,9 +276,9 @@ mod tests {
                 value: None,
             },
         };
-        let day = NaiveDate::from_ymd_opt(2026, 11, 26).expect("day");
+        let hour = "2026-11-26T10:00:00Z".parse::<DateTime<Utc>>().expect("hour");
         let sale = |units| SalesDelta {
-            key: (day, "P1".into(), SaleSource::Online),
+            key: (hour, "P1".into(), SaleSource::Online),
             units,
             revenue_cents: 100 * i128::from(units),
             orders: 1,
@@ -284,14 +288,14 @@ mod tests {
             outcomes: vec![msg(1), msg(2)],
             stock_deltas: vec![("P1".into(), -3), ("P2".into(), 5)],
             sales: vec![sale(3)],
-            low_stock_changes: vec![("P1".into(), true)],
+            rechecks: vec!["P1".into()],
         };
         let b = EpochBatch {
             epoch: 20,
             outcomes: vec![msg(3)],
             stock_deltas: vec![("P1".into(), 3), ("P3".into(), -1)],
             sales: vec![sale(2)],
-            low_stock_changes: vec![("P1".into(), false), ("P3".into(), true)],
+            rechecks: vec!["P1".into(), "P3".into()],
         };
         a.absorb(b);
         assert_eq!(a.epoch, 20);
@@ -300,12 +304,12 @@ mod tests {
         assert_eq!(
             a.sales,
             [SalesDelta {
-                key: (day, "P1".into(), SaleSource::Online),
+                key: (hour, "P1".into(), SaleSource::Online),
                 units: 5,
                 revenue_cents: 500,
                 orders: 2
             }]
         );
-        assert_eq!(a.low_stock_changes, [("P1".to_string(), false), ("P3".to_string(), true)]);
+        assert_eq!(a.rechecks, ["P1".to_string(), "P3".to_string()]);
     }
 }

@@ -1,5 +1,5 @@
-//! The dataflow in memory: stateful rules, stock and sales deltas, low-stock
-//! changes, and 1 vs 2 workers.
+//! The dataflow in memory: stateful rules, stock and sales deltas, rechecks
+//! of reference data, and 1 vs 2 workers.
 
 use dataflow::harness;
 use dataflow::records::{EpochBatch, Outcome, RawMessage};
@@ -57,7 +57,7 @@ fn codes(b: &EpochBatch) -> Vec<Option<ErrorCode>> {
 }
 
 #[test]
-fn stateful_rules_stock_and_low_stock() {
+fn stateful_rules_stock_sales_and_rechecks() {
     let o = EventKind::OnlineOrder;
     let r = EventKind::SupplierRestock;
     let epochs = vec![
@@ -75,14 +75,14 @@ fn stateful_rules_stock_and_low_stock() {
     ];
     let batches = harness::run(1, catalog(), epochs);
     assert_eq!(batches.len(), 4);
-    // Epoch 0 holds the opening state: P3 opens at 0 <= 10, so it is low.
+    // Epoch 0 holds the reference data: every product is to be checked
+    // for a reorder-level crossing (the commit decides, from the database).
     assert!(batches[0].outcomes.is_empty());
-    assert_eq!(batches[0].low_stock_changes, vec![("P3".to_string(), true)]);
+    assert_eq!(batches[0].rechecks, vec!["P1".to_string(), "P2".to_string(), "P3".to_string()]);
     let b1 = &batches[1];
     assert_eq!(codes(b1), vec![None, Some(ErrorCode::UnknownProduct), Some(ErrorCode::UnknownSupplier)]);
     assert_eq!(b1.stock_deltas, vec![("P1".to_string(), -3)]);
-    // P1 at 2 <= 2 becomes low; P2 is not.
-    assert_eq!(b1.low_stock_changes, vec![("P1".to_string(), true)]);
+    assert!(b1.rechecks.is_empty(), "no reference data changed");
     assert_eq!(b1.sales.len(), 1);
     assert_eq!((b1.sales[0].units, b1.sales[0].revenue_cents, b1.sales[0].orders), (3, 750, 1));
 
@@ -94,13 +94,11 @@ fn stateful_rules_stock_and_low_stock() {
         matches!(&b2.outcomes[2], Outcome::Rejected { rejection, .. } if rejection.code == ErrorCode::ConflictingDuplicate)
     );
     assert_eq!(b2.stock_deltas, vec![("P1".to_string(), -2)]);
-    assert!(b2.low_stock_changes.is_empty(), "P1 stays low at 0");
 
     let b3 = &batches[3];
     assert_eq!(b3.stock_deltas, vec![("P1".to_string(), 10), ("P2".to_string(), -1)]);
-    assert_eq!(b3.low_stock_changes, vec![("P1".to_string(), false)]);
-    // A late sale lands on its own day.
-    assert_eq!(b3.sales[0].key.0.to_string(), "2026-11-03");
+    // A late sale lands on its own hour.
+    assert_eq!(b3.sales[0].key.0.to_rfc3339(), "2026-11-03T10:00:00+00:00");
 }
 
 /// Everything a batch says, in a form that does not depend on the worker count.
@@ -117,7 +115,7 @@ fn summary(batches: &[EpochBatch]) -> Vec<String> {
                     Outcome::Duplicate { msg } => format!("D{}", msg.offset),
                 })
                 .collect();
-            format!("{} {:?} {:?} {:?} {:?}", b.epoch, outcomes, b.stock_deltas, b.sales, b.low_stock_changes)
+            format!("{} {:?} {:?} {:?} {:?}", b.epoch, outcomes, b.stock_deltas, b.sales, b.rechecks)
         })
         .collect()
 }

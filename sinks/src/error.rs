@@ -43,6 +43,11 @@ pub enum SinkError {
     /// The database holds something that cannot be (e.g. an unknown code).
     #[error("inconsistent state: {0}")]
     Inconsistent(String),
+    /// Another `stockflow run`, started later, took over the database or the
+    /// output topics; this one must stop (it would interleave its work with
+    /// the newer one's).
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// An error and its causes on one line: `a: b: c`, without repeats.
@@ -90,12 +95,13 @@ impl SinkError {
                         || code.code().starts_with("08") // connection exceptions
                 }
             },
+            SinkError::Kafka { cause: rdkafka::error::KafkaError::Transaction(e), .. } => !e.is_fatal(),
             SinkError::Kafka { cause, .. } => !matches!(
                 cause.rdkafka_error_code(),
                 Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
                     | Some(rdkafka::types::RDKafkaErrorCode::InvalidConfig)
             ),
-            SinkError::Migration(_) | SinkError::Inconsistent(_) => false,
+            SinkError::Migration(_) | SinkError::Inconsistent(_) | SinkError::Fenced(_) => false,
         }
     }
 }

@@ -3,17 +3,27 @@
 
 use super::*;
 
+/// What the committer hands the publisher: the messages of the commits up
+/// to `epoch` and where those commits left the input offsets.
+pub(super) struct Publication {
+    pub epoch: u64,
+    pub messages: Vec<sinks::kafka::OutputMessage>,
+    pub offsets: Vec<(String, i32, i64)>,
+}
+
 /// The committer thread: one transaction per epoch, then the output messages.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn committer(
     rx: Receiver<EpochBatch>,
     url: String,
-    kafka: ClientConfig,
+    outputs: sinks::kafka::Outputs,
     topics: TopicNames,
     shared: Arc<Shared>,
     handle: Handle,
     mut published: u64,
+    generation: i64,
 ) -> Result<()> {
-    let result = committer_loop(rx, &url, &kafka, &topics, &shared, &handle, &mut published);
+    let result = committer_loop(rx, &url, outputs, &topics, &shared, &handle, &mut published, generation);
     if result.is_err() {
         shared.committer_failed.store(true, Ordering::SeqCst);
         shared.shutdown.store(true, Ordering::SeqCst);
@@ -24,21 +34,26 @@ pub(super) fn committer(
 /// How often the publisher records the last acknowledged epoch itself.
 const PUBLISHED_RECORD_INTERVAL: Duration = Duration::from_millis(200);
 
+/// At most this many output messages go into one Kafka transaction when
+/// commits queue up for the publisher.
+const MAX_PUBLICATION_MESSAGES: usize = 100_000;
+
+#[allow(clippy::too_many_arguments)]
 fn committer_loop(
     rx: Receiver<EpochBatch>,
     url: &str,
-    kafka: &ClientConfig,
+    outputs: sinks::kafka::Outputs,
     topics: &TopicNames,
     shared: &Shared,
     handle: &Handle,
     published: &mut u64,
+    generation: i64,
 ) -> Result<()> {
     let metrics = shared.metrics.clone();
     // Output messages go out on their own thread, in commit order, while the
     // next epoch commits; it records the last epoch the broker acknowledged.
     let acknowledged = Arc::new(AtomicU64::new(*published));
-    let (out_tx, out_rx) = sync_channel::<(u64, Vec<sinks::kafka::OutputMessage>)>(2);
-    let producer = sinks::kafka::OutputProducer::new(kafka)?;
+    let (out_tx, out_rx) = sync_channel::<Publication>(2);
     let publisher = {
         let acknowledged = acknowledged.clone();
         let metrics = metrics.clone();
@@ -46,10 +61,21 @@ fn committer_loop(
         let mut client: Option<tokio_postgres::Client> = None;
         std::thread::Builder::new().name("publisher".into()).spawn(move || -> Result<(), SinkError> {
             let mut recorded = Instant::now();
-            for (epoch, messages) in out_rx {
+            while let Ok(mut p) = out_rx.recv() {
+                // Commits that queued up while the last one was written go
+                // out in one transaction (as one acknowledgement when at
+                // least once); their progress is the last one's.
+                while p.messages.len() < MAX_PUBLICATION_MESSAGES {
+                    let Ok(next) = out_rx.try_recv() else { break };
+                    p.epoch = next.epoch;
+                    p.messages.extend(next.messages);
+                    merge_offsets(&mut p.offsets, next.offsets);
+                }
                 let waiting = kafka_waiting(&metrics);
-                retry_blocking(&metrics, "kafka", None, || producer.publish(&messages, &waiting))?;
-                acknowledged.fetch_max(epoch, Ordering::AcqRel);
+                retry_blocking(&metrics, "kafka", None, || {
+                    outputs.publish(&p.messages, &p.offsets, p.epoch, &waiting)
+                })?;
+                acknowledged.fetch_max(p.epoch, Ordering::AcqRel);
                 // The next commit records the acknowledged epoch too; doing
                 // it here as well (at most every 200 ms) keeps what a crash
                 // makes the next start re-send down to the last moments.
@@ -61,20 +87,20 @@ fn committer_loop(
                             client = Some(postgres::connect(&url).await?);
                         }
                         match &client {
-                            Some(c) => postgres::set_published_epoch(c, epoch).await,
+                            Some(c) => postgres::set_published_epoch(c, p.epoch).await,
                             None => Ok(()),
                         }
                     });
                     if let Err(e) = result {
                         client = None;
-                        tracing::warn!(error = %e, epoch, "cannot record the published epoch (the next commit will)");
+                        tracing::warn!(error = %e, epoch = p.epoch, "cannot record the published epoch (the next commit will)");
                     }
                 }
             }
             Ok(())
         })?
     };
-    let result = commit_epochs(rx, topics, shared, handle, url, &acknowledged, &out_tx);
+    let result = commit_epochs(rx, topics, shared, handle, url, &acknowledged, &out_tx, generation);
     drop(out_tx);
     let published_ok = publisher.join().map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
     result?;
@@ -86,9 +112,20 @@ fn committer_loop(
     Ok(())
 }
 
+/// Offsets of a later commit replace an earlier one's, partition by partition.
+fn merge_offsets(into: &mut Vec<(String, i32, i64)>, later: Vec<(String, i32, i64)>) {
+    for (t, p, next) in later {
+        match into.iter_mut().find(|(t2, p2, _)| *t2 == t && *p2 == p) {
+            Some(e) => e.2 = e.2.max(next),
+            None => into.push((t, p, next)),
+        }
+    }
+}
+
 /// A group commit takes in queued epochs until it holds this many messages.
 const MAX_GROUP_MESSAGES: usize = 50_000;
 
+#[allow(clippy::too_many_arguments)]
 fn commit_epochs(
     rx: Receiver<EpochBatch>,
     topics: &TopicNames,
@@ -96,7 +133,8 @@ fn commit_epochs(
     handle: &Handle,
     url: &str,
     acknowledged: &AtomicU64,
-    out_tx: &SyncSender<(u64, Vec<sinks::kafka::OutputMessage>)>,
+    out_tx: &SyncSender<Publication>,
+    generation: i64,
 ) -> Result<()> {
     let metrics = shared.metrics.clone();
     let mut db = BlockingClient {
@@ -105,7 +143,8 @@ fn commit_epochs(
         client: None,
         metrics: metrics.clone(),
     };
-    let mut low_stock: HashSet<String> = HashSet::new();
+    let mut low_products = db.with("postgres", |h, c| h.block_on(postgres::low_count(c)))?;
+    metrics.low_stock_products.set(low_products);
     for mut batch in rx.iter() {
         // Group commit: epochs that queued up while the last transaction
         // ran go into one transaction, so a slow commit is not followed by
@@ -118,28 +157,7 @@ fn commit_epochs(
             batch.absorb(next);
             merged += 1;
         }
-        let mut became_low = Vec::new();
-        for (p, low) in &batch.low_stock_changes {
-            if *low {
-                if low_stock.insert(p.clone()) {
-                    became_low.push(p.as_str());
-                }
-            } else {
-                low_stock.remove(p);
-            }
-        }
-        if !became_low.is_empty() {
-            let first: Vec<&str> = became_low.iter().take(5).copied().collect();
-            tracing::info!(
-                epoch = batch.epoch,
-                products = became_low.len(),
-                first = %first.join(","),
-                low_stock_total = low_stock.len(),
-                "products at or below their reorder level"
-            );
-        }
-        metrics.low_stock_products.set(low_stock.len() as i64);
-        if batch.outcomes.is_empty() {
+        if batch.is_empty() {
             continue;
         }
         // How long after the end of its epoch the batch reached the committer
@@ -147,24 +165,36 @@ fn commit_epochs(
         let sealed_ms = (now_slot(1) as i64 - (batch.epoch + shared.epoch_ms) as i64).max(0);
         let started = Instant::now();
         let published = acknowledged.load(Ordering::Acquire);
-        let outcome =
-            db.with("postgres", |h, c| h.block_on(postgres::commit_epoch(c, topics, &batch, published)))?;
+        let outcome = db.with("postgres", |h, c| {
+            h.block_on(postgres::commit_epoch(c, topics, &batch, published, generation))
+        })?;
         let db_ms = started.elapsed().as_secs_f64() * 1e3;
-        let messages = match outcome {
-            CommitOutcome::Committed { stock, committed_at } => {
-                sinks::kafka::epoch_messages(topics, &batch, &stock, committed_at)
+        let publication = match outcome {
+            CommitOutcome::Committed { stock, alerts, offsets, committed_at } => {
+                log_alerts(batch.epoch, &alerts, &mut low_products);
+                metrics.low_stock_products.set(low_products);
+                metrics.stock_alerts.inc_by(alerts.len() as u64);
+                let messages = sinks::kafka::epoch_messages(topics, &batch, &stock, &alerts, committed_at);
+                Publication { epoch: batch.epoch, messages, offsets }
             }
             CommitOutcome::AlreadyCommitted => {
+                // A retry after a lost acknowledgement: the first attempt
+                // committed this very batch; its messages are sent from
+                // what the database holds.
                 tracing::warn!(
                     epoch = batch.epoch,
-                    "epoch was already committed; re-publishing from the log"
+                    "epoch was already committed; publishing it from the log"
                 );
+                let (after, through) = (batch.epoch.saturating_sub(1), batch.epoch);
                 let rows =
-                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_rows(c, published)))?;
-                sinks::kafka::republish_messages(topics, &rows)
+                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_rows(c, after, through)))?;
+                let alerts =
+                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_alerts(c, after, through)))?;
+                let messages = sinks::kafka::republish_messages(topics, &rows, &alerts);
+                Publication { epoch: batch.epoch, messages, offsets: postgres::batch_offsets(topics, &batch) }
             }
         };
-        if out_tx.send((batch.epoch, messages)).is_err() {
+        if out_tx.send(publication).is_err() {
             bail!("the publisher thread stopped");
         }
         shared.committed_epoch.store(batch.epoch, Ordering::Release);
@@ -191,6 +221,9 @@ fn commit_epochs(
         metrics.commit_seconds.observe(elapsed.as_secs_f64());
         metrics.lag_seconds.set(lag_s);
         metrics.last_committed_epoch.set(batch.epoch as i64);
+        if batch.outcomes.is_empty() {
+            continue;
+        }
         tracing::info!(
             epoch = batch.epoch,
             events_in = batch.outcomes.len(),
@@ -206,4 +239,24 @@ fn commit_epochs(
         );
     }
     Ok(())
+}
+
+/// Logs a commit's crossings (a line per commit that has any) and keeps the
+/// count of low products.
+fn log_alerts(epoch: u64, alerts: &[postgres::StockAlert], low_products: &mut i64) {
+    if alerts.is_empty() {
+        return;
+    }
+    let low: Vec<&str> = alerts.iter().filter(|a| a.kind == "low").map(|a| a.product_id.as_str()).collect();
+    let recovered = alerts.len() - low.len();
+    *low_products += low.len() as i64 - recovered as i64;
+    let first: Vec<&str> = low.iter().take(5).copied().collect();
+    tracing::info!(
+        epoch,
+        low = low.len(),
+        recovered,
+        first_low = %first.join(","),
+        low_total = *low_products,
+        "stock alerts raised"
+    );
 }

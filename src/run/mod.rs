@@ -1,15 +1,16 @@
 //! `stockflow run`: wires the Kafka intake, the dataflow and the committer.
 //!
 //! Start-up reads the state back from PostgreSQL (offsets, reference data,
-//! stock, the applied ids inside the dedup horizon), re-publishes the
-//! output messages of epochs committed but not acknowledged before a crash,
-//! then starts the timely workers and, in process 0, the committer thread.
+//! the applied ids inside the dedup horizon), takes the next processor
+//! generation (fencing an older `stockflow run`), opens the output producer
+//! and re-publishes the output messages of commits that are not in Kafka
+//! yet, then starts the timely workers and, in process 0, the committer
+//! thread.
 //!
 //! Each worker reads its share of the input partitions in bounded slices and
 //! stamps messages with the current epoch (the start, in Unix milliseconds,
 //! of a wall-clock slot of
-//! `--epoch-ms`). Worker 0 also feeds the reference data and the opening
-//! stock. The dataflow hands each complete epoch to the committer, which
+//! `--epoch-ms`). Worker 0 also feeds the reference data. The dataflow hands each complete epoch to the committer, which
 //! writes it in one transaction with the offsets and only then sends the
 //! output messages. A bounded channel between them is the backpressure.
 //!
@@ -33,7 +34,6 @@ use dataflow::dedup::AppliedLookup;
 use dataflow::graph::{self, GraphConfig, GraphStats};
 use dataflow::records::{EpochBatch, Outcome, RefUpdate, route_event_id};
 use dataflow::{EventKind, TopicNames};
-use differential_dataflow::input::Input;
 use rdkafka::ClientConfig;
 use sinks::SinkError;
 use sinks::postgres::{self, CommitOutcome, Reference};
@@ -42,7 +42,7 @@ use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle};
 use tokio::runtime::Handle;
 
-use crate::cli::{GlobalArgs, RunArgs};
+use crate::cli::{GlobalArgs, OutputsMode, RunArgs};
 use crate::metrics::{CodeLabel, Metrics, OutcomeLabel, WhatLabel, WorkerLabel};
 
 /// Epochs a worker may have read ahead of the last commit before it pauses.
@@ -65,7 +65,6 @@ struct WorkerSetup {
     kafka: ClientConfig,
     partitions: Vec<PartitionStart>,
     reference: Reference,
-    stock: Vec<(String, i64)>,
     recent_applied: Arc<Vec<(String, u128, chrono::DateTime<chrono::Utc>)>>,
     preload_floor: Option<chrono::DateTime<chrono::Utc>>,
     first_epoch: u64,
@@ -237,7 +236,6 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     let input_topics: Vec<String> = EventKind::ALL.iter().map(|k| topics.input(*k)).collect();
     let offsets = postgres::load_offsets(&client, &input_topics).await?;
     let reference = postgres::load_reference(&client).await?;
-    let stock = postgres::load_stock(&client).await?;
     let horizon = chrono::Duration::hours(i64::from(args.dedup_horizon_hours));
     let preload_limit =
         args.dedup_max_ids.saturating_mul(u64::from(args.workers) * u64::from(args.processes));
@@ -282,8 +280,15 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     );
 
     let commits_here = args.process == 0;
+    let mut committer_setup = None;
+    let mut published = published;
     if commits_here {
-        republish(&client, &kafka, &topics, published, &metrics)?;
+        let generation = postgres::take_generation(&client).await?;
+        let inputs: Vec<(String, i32)> = partitions.iter().map(|p| (p.topic.clone(), p.partition)).collect();
+        let (outputs, through) =
+            open_outputs(&client, &kafka, &topics, published, args.outputs, &inputs, &metrics)?;
+        published = through;
+        committer_setup = Some((outputs, generation));
     }
     drop(client);
 
@@ -297,15 +302,14 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     spawn_signal_handler(shared.clone());
 
     let (tx, rx) = sync_channel::<EpochBatch>(2);
-    let committer = commits_here.then(|| {
+    let committer = committer_setup.map(|(outputs, generation)| {
         let shared = shared.clone();
         let url = g.database_url.clone();
-        let kafka = kafka.clone();
         let topics = topics.clone();
         let handle = Handle::current();
         std::thread::Builder::new()
             .name("committer".into())
-            .spawn(move || committer(rx, url, kafka, topics, shared, handle, published))
+            .spawn(move || committer(rx, url, outputs, topics, shared, handle, published, generation))
     });
     let committer = match committer {
         Some(Ok(h)) => Some(h),
@@ -318,7 +322,6 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
         kafka,
         partitions,
         reference,
-        stock,
         recent_applied: Arc::new(recent_applied),
         preload_floor,
         first_epoch: now_slot(args.epoch_ms).max(published + 1),
@@ -474,30 +477,62 @@ fn spawn_signal_handler(shared: Arc<Shared>) {
     });
 }
 
-/// Re-sends the output messages of epochs committed but not acknowledged.
-fn republish(
+/// Opens the output producer `--outputs` asks for and re-sends the output
+/// messages of the commits that are not in Kafka yet; returns it and the
+/// last epoch whose messages Kafka now holds.
+///
+/// Exactly once: opening the transactional producer fences any earlier one
+/// (its open transaction is aborted), so the progress the group's offsets
+/// show is final; the commits after it are re-sent in one transaction with
+/// the progress. At least once: the commits after `published`, the last
+/// epoch recorded as acknowledged.
+fn open_outputs(
     client: &tokio_postgres::Client,
     kafka: &ClientConfig,
     topics: &TopicNames,
     published: u64,
+    mode: OutputsMode,
+    inputs: &[(String, i32)],
     metrics: &Metrics,
-) -> Result<()> {
+) -> Result<(sinks::kafka::Outputs, u64)> {
     let handle = Handle::current();
-    let rows =
-        tokio::task::block_in_place(|| handle.block_on(postgres::unpublished_rows(client, published)))?;
-    let Some(last) = rows.iter().map(|r| r.epoch).max() else { return Ok(()) };
-    let messages = sinks::kafka::republish_messages(topics, &rows);
+    let waiting = kafka_waiting(metrics);
+    let (outputs, from) = tokio::task::block_in_place(|| -> Result<_, SinkError> {
+        Ok(match mode {
+            OutputsMode::ExactlyOnce => {
+                let id = sinks::kafka::transactional_id(topics);
+                let t = sinks::kafka::TransactionalOutputs::new(kafka, &id, &waiting)?;
+                let in_kafka = t.committed_epoch(inputs)?;
+                tracing::info!(transactional_id = %id, in_kafka, recorded = published, "exactly-once outputs");
+                (sinks::kafka::Outputs::ExactlyOnce(t), in_kafka.unwrap_or(0).max(published))
+            }
+            OutputsMode::AtLeastOnce => {
+                (sinks::kafka::Outputs::AtLeastOnce(sinks::kafka::OutputProducer::new(kafka)?), published)
+            }
+        })
+    })?;
+    let (rows, alerts, offsets) = tokio::task::block_in_place(|| {
+        handle.block_on(async {
+            let rows = postgres::unpublished_rows(client, from, u64::MAX).await?;
+            let alerts = postgres::unpublished_alerts(client, from, u64::MAX).await?;
+            let topics: Vec<String> = inputs.iter().map(|(t, _)| t.clone()).collect();
+            let offsets = postgres::load_offsets(client, &topics).await?;
+            Ok::<_, SinkError>((rows, alerts, offsets))
+        })
+    })?;
+    let last = rows.iter().map(|r| r.epoch).chain(alerts.iter().map(|a| a.epoch)).max();
+    let Some(last) = last else { return Ok((outputs, from)) };
+    let messages = sinks::kafka::republish_messages(topics, &rows, &alerts);
+    let offsets: Vec<(String, i32, i64)> = offsets.into_iter().map(|((t, p), n)| (t, p, n)).collect();
     tracing::info!(
         messages = messages.len(),
-        from_epoch = published + 1,
+        from_epoch = from + 1,
         to_epoch = last,
-        "re-publishing outputs committed before a crash"
+        "re-publishing the outputs of commits not in Kafka yet"
     );
-    let producer = sinks::kafka::OutputProducer::new(kafka)?;
-    let waiting = kafka_waiting(metrics);
     tokio::task::block_in_place(|| {
-        retry_blocking(metrics, "kafka", None, || producer.publish(&messages, &waiting))
+        retry_blocking(metrics, "kafka", None, || outputs.publish(&messages, &offsets, last, &waiting))
     })?;
     tokio::task::block_in_place(|| handle.block_on(postgres::set_published_epoch(client, last)))?;
-    Ok(())
+    Ok((outputs, last))
 }

@@ -44,9 +44,8 @@ pub(super) fn run_worker(
         preload_floor: setup.preload_floor,
     };
     let graph_stats = stats.clone();
-    let mut opening = worker.dataflow::<u64, _, _>(|scope| {
-        let (opening_input, opening) = scope.new_collection::<String, i64>();
-        let records = graph::build(raw.to_stream(scope), refs.to_stream(scope), opening, config, graph_stats);
+    worker.dataflow::<u64, _, _>(|scope| {
+        let records = graph::build(raw.to_stream(scope), refs.to_stream(scope), config, graph_stats);
         let records = records.probe_with(&probe);
         graph::commit_sink(records, move |batch| {
             if let Some(tx) = &sender
@@ -55,13 +54,11 @@ pub(super) fn run_worker(
                 sink_gone.store(true, Ordering::SeqCst);
             }
         });
-        opening_input
     });
 
     let mut epoch = setup.first_epoch;
     raw.advance_to(epoch);
     refs.advance_to(epoch);
-    opening.advance_to(epoch);
     let mut reference = setup.reference.clone();
     if index == 0 {
         for (p, level) in &reference.products {
@@ -70,11 +67,7 @@ pub(super) fn run_worker(
         for s in &reference.suppliers {
             refs.send(RefUpdate::SupplierAdded(s.clone()));
         }
-        for (p, q) in &setup.stock {
-            opening.update(p.clone(), *q);
-        }
     }
-    opening.flush();
     let mut ref_client =
         BlockingClient { handle, url: setup.database_url.clone(), client: None, metrics: metrics.clone() };
     let mut last_ref_refresh = Instant::now();
@@ -95,8 +88,6 @@ pub(super) fn run_worker(
             epoch = slot;
             raw.advance_to(epoch);
             refs.advance_to(epoch);
-            opening.advance_to(epoch);
-            opening.flush();
             read_in_epoch = 0;
         }
         if last_ref_refresh.elapsed() >= args.reference_refresh {
@@ -181,7 +172,6 @@ pub(super) fn run_worker(
     }
     drop(raw);
     drop(refs);
-    drop(opening);
     while !probe.with_frontier(|f| f.is_empty()) {
         if committer_gone.load(Ordering::Relaxed) {
             break;

@@ -38,14 +38,17 @@ pub struct Checked {
     pub rejected: usize,
     pub updates: usize,
     pub dlq: usize,
+    pub alerts: usize,
 }
 
 /// Asserts that `env`'s database holds exactly what one fault-free run over
 /// the same input topics gives (`products` seeded products, `opening`
 /// stock), that every input message was handled once, and that the output
-/// topics carry at least one `inventory_updates` message per applied event
-/// and one `dlq` record per rejection. Reads the outputs before the
-/// reference run, which writes its own to the same topics.
+/// topics, read `read_committed`, carry exactly one `inventory_updates`
+/// message per applied event (per product in commit order), one `dlq`
+/// record per rejection (with the input's key) and one `stock_alerts`
+/// message per alert row. Reads the outputs before the reference run,
+/// which writes its own to the same topics.
 pub async fn assert_exactly_once(env: &TestEnv, products: u32, opening: &HashMap<String, i64>) -> Checked {
     let quiet = Duration::from_secs(3);
     let updates = env.read_until_quiet(&["inventory_updates"], quiet);
@@ -149,36 +152,85 @@ pub async fn assert_exactly_once(env: &TestEnv, products: u32, opening: &HashMap
     let sales = daily.values().map(|v| v.2).sum::<i64>();
     assert_eq!(env.count("SELECT count(*) FROM orders").await, sales);
 
-    // Outputs: at least one update per applied event, one dlq record per rejection.
-    let updated: BTreeSet<String> = updates
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<Value>(r.value.as_ref().unwrap()).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let missing: Vec<_> = distinct_ids.iter().filter(|id| !updated.contains(id.as_str())).take(5).collect();
+    // Outputs (contract 5.2), read with read_committed: exactly one message
+    // per applied event, per rejected message and per alert; per product in
+    // commit order, each update carrying the level its commit left.
+    let mut by_position = |mut v: Vec<Record>| {
+        v.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+        v
+    };
+    let updates = by_position(updates);
+    let mut updated: BTreeSet<String> = BTreeSet::new();
+    let mut sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &updates {
+        let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+        let id = v["event_id"].as_str().unwrap().to_string();
+        let product = v["product_id"].as_str().unwrap().to_string();
+        assert_eq!(r.key.as_deref(), Some(product.as_bytes()), "inventory_updates is keyed by product_id");
+        assert!(updated.insert(id.clone()), "inventory_updates carries {id} more than once");
+        sent.entry(product).or_default().push(format!("{id}|{}", v["quantity_on_hand"]));
+    }
+    let ids: BTreeSet<String> = distinct_ids.iter().map(|s| s.to_string()).collect();
+    let missing: Vec<_> = ids.difference(&updated).take(5).collect();
     assert!(missing.is_empty(), "applied events without an inventory_updates message: {missing:?}");
+    let extra: Vec<_> = updated.difference(&ids).take(5).collect();
+    assert!(extra.is_empty(), "inventory_updates for events never applied: {extra:?}");
+    let mut committed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in env
+        .rows(
+            "SELECT product_id, event_id, quantity_after FROM events_log WHERE status = 'applied' \
+             ORDER BY epoch, log_id",
+        )
+        .await
+    {
+        let v: Vec<&str> = r.split('|').collect();
+        committed.entry(v[0].to_string()).or_default().push(format!("{}|{}", v[1], v[2]));
+    }
+    assert!(sent == committed, "per product, inventory_updates are not in commit order with the committed levels");
+
     let rejected = env.count("SELECT count(*) FROM events_log WHERE status = 'rejected'").await as usize;
-    let dlq_keys: BTreeSet<(String, i64, i64)> = dlq
-        .iter()
-        .map(|r| {
-            let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
-            (
-                v["source_topic"].as_str().unwrap().to_string(),
-                v["partition"].as_i64().unwrap(),
-                v["offset"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(dlq_keys.len(), rejected, "one dlq record (at least) per rejected message");
+    let mut dlq_positions: BTreeSet<(String, i32, i64)> = BTreeSet::new();
+    for r in &dlq {
+        let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+        let position = (
+            env.topic(v["source_topic"].as_str().unwrap()),
+            v["partition"].as_i64().unwrap() as i32,
+            v["offset"].as_i64().unwrap(),
+        );
+        let input = &messages[&position];
+        let key = input.key.as_deref().filter(|k| !k.is_empty());
+        assert_eq!(r.key.as_deref(), key, "the dlq record of {position:?} carries the input message's key");
+        assert!(dlq_positions.insert(position.clone()), "dlq carries {position:?} more than once");
+    }
+    assert_eq!(dlq_positions.len(), rejected, "one dlq record per rejected message");
+
+    let alerts = env.read_until_quiet(&["stock_alerts"], quiet);
+    let mut alert_ids = BTreeSet::new();
+    let mut alert_rows = Vec::new();
+    for r in by_position(alerts) {
+        let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+        let id = v["alert_id"].as_str().unwrap().to_string();
+        assert!(alert_ids.insert(id.clone()), "stock_alerts carries {id} more than once");
+        alert_rows.push(format!(
+            "{id}|{}|{}|{}|{}",
+            v["product_id"].as_str().unwrap(),
+            v["kind"].as_str().unwrap(),
+            v["quantity_on_hand"],
+            v["reorder_level"]
+        ));
+    }
+    alert_rows.sort();
+    let mut table = env
+        .rows("SELECT alert_id, product_id, kind, quantity_on_hand, reorder_level FROM stock_alerts")
+        .await;
+    table.sort();
+    assert_eq!(alert_rows, table, "one stock_alerts message per stock_alerts row");
     Checked {
         messages: messages.len(),
         applied: applied.len(),
         rejected,
         updates: updates.len(),
         dlq: dlq.len(),
+        alerts: table.len(),
     }
 }

@@ -1,6 +1,9 @@
-//! The output topics: `inventory_updates` (one message per applied event)
-//! and `dlq` (one record per rejected message), sent only after the epoch's
-//! transaction committed.
+//! The output messages: `inventory_updates` (one per applied event),
+//! `dlq` (one per rejected message) and `stock_alerts` (one per crossing of
+//! a reorder level), built from a committed batch or, after a crash, from
+//! what the database holds; and the at-least-once producer
+//! (`--outputs at-least-once`). The exactly-once one is in
+//! `transactional.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
 
 use crate::SinkError;
-use crate::postgres::{StockLevel, UnpublishedRow};
+use crate::postgres::{StockAlert, StockLevel, UnpublishedRow};
 
 /// A DLQ payload longer than this is cut (the full value stays in
 /// `events_log.raw_event`), so that the record fits the broker's default
@@ -44,6 +47,16 @@ struct InventoryUpdate<'a> {
     quantity_on_hand: i64,
     low_stock: bool,
     committed_at: String,
+}
+
+#[derive(Serialize)]
+struct AlertMessage<'a> {
+    alert_id: &'a str,
+    product_id: &'a str,
+    kind: &'a str,
+    quantity_on_hand: i64,
+    reorder_level: i32,
+    raised_at: String,
 }
 
 #[derive(Serialize)]
@@ -122,28 +135,51 @@ fn key_of(msg: &RawMessage) -> Option<Vec<u8>> {
     msg.key.clone().filter(|k| !k.is_empty())
 }
 
-/// The output messages of a committed epoch, in commit order.
+/// The `stock_alerts` messages of `alerts` (keyed by product).
+pub fn alert_messages(topics: &TopicNames, alerts: &[StockAlert], out: &mut Vec<OutputMessage>) {
+    for a in alerts {
+        let m = AlertMessage {
+            alert_id: &a.alert_id,
+            product_id: &a.product_id,
+            kind: &a.kind,
+            quantity_on_hand: a.quantity_on_hand,
+            reorder_level: a.reorder_level,
+            raised_at: rfc3339(a.raised_at),
+        };
+        out.push(OutputMessage {
+            topic: topics.stock_alerts(),
+            key: Some(a.product_id.as_bytes().to_vec()),
+            payload: serde_json::to_vec(&m).unwrap_or_default(),
+        });
+    }
+}
+
+/// The output messages of a committed epoch, in commit order: one
+/// `inventory_updates` message per applied event and one `dlq` record per
+/// rejection (with the input message's key), in message order, then the
+/// commit's alerts.
 pub fn epoch_messages(
     topics: &TopicNames,
     batch: &EpochBatch,
     stock: &HashMap<String, StockLevel>,
+    alerts: &[StockAlert],
     committed_at: DateTime<Utc>,
 ) -> Vec<OutputMessage> {
-    let mut out = Vec::with_capacity(batch.outcomes.len());
+    let mut out = Vec::with_capacity(batch.outcomes.len() + alerts.len());
     for o in &batch.outcomes {
         match o {
             Outcome::Applied { event, .. } => {
                 let level = stock
                     .get(&event.product_id)
                     .copied()
-                    .unwrap_or(StockLevel { quantity_on_hand: 0, reorder_level: 0 });
+                    .unwrap_or(StockLevel { quantity_on_hand: 0, low: true });
                 let u = InventoryUpdate {
                     event_id: &event.event_id,
                     event_type: event.kind().event_type(),
                     product_id: &event.product_id,
                     delta: event.delta(),
                     quantity_on_hand: level.quantity_on_hand,
-                    low_stock: level.is_low(),
+                    low_stock: level.low,
                     committed_at: rfc3339(committed_at),
                 };
                 out.push(OutputMessage {
@@ -167,14 +203,25 @@ pub fn epoch_messages(
             Outcome::Duplicate { .. } => {}
         }
     }
+    alert_messages(topics, alerts, &mut out);
     out
 }
 
-/// The output messages of rows committed but not yet published (after a
-/// crash), rebuilt from `events_log`.
-pub fn republish_messages(topics: &TopicNames, rows: &[UnpublishedRow]) -> Vec<OutputMessage> {
-    let mut out = Vec::with_capacity(rows.len());
+/// The output messages of commits not yet published (after a crash),
+/// rebuilt from `events_log` and `stock_alerts` as they were first meant:
+/// per commit, its rows in log order, then its alerts.
+pub fn republish_messages(
+    topics: &TopicNames,
+    rows: &[UnpublishedRow],
+    alerts: &[StockAlert],
+) -> Vec<OutputMessage> {
+    let mut out = Vec::with_capacity(rows.len() + alerts.len());
+    let mut alerts = alerts.iter().peekable();
     for r in rows {
+        // The alerts of earlier commits go before this commit's rows.
+        while let Some(a) = alerts.next_if(|a| a.epoch < r.epoch) {
+            alert_messages(topics, std::slice::from_ref(a), &mut out);
+        }
         let Some(kind) = topics.kind_of(&r.topic) else { continue };
         if r.applied {
             let (Some(event_id), Some(product_id)) = (&r.event_id, &r.product_id) else { continue };
@@ -185,7 +232,7 @@ pub fn republish_messages(topics: &TopicNames, rows: &[UnpublishedRow]) -> Vec<O
                 product_id,
                 delta: r.delta.unwrap_or_default(),
                 quantity_on_hand: q,
-                low_stock: q <= i64::from(r.reorder_level.unwrap_or(0)),
+                low_stock: r.low.unwrap_or(true),
                 committed_at: rfc3339(r.processed_at),
             };
             out.push(OutputMessage {
@@ -206,7 +253,7 @@ pub fn republish_messages(topics: &TopicNames, rows: &[UnpublishedRow]) -> Vec<O
                 kind,
                 r.partition,
                 r.offset,
-                None,
+                r.key.clone(),
                 value.as_deref(),
                 r.event_id.as_deref(),
                 &code,
@@ -215,6 +262,8 @@ pub fn republish_messages(topics: &TopicNames, rows: &[UnpublishedRow]) -> Vec<O
             ));
         }
     }
+    let rest: Vec<StockAlert> = alerts.cloned().collect();
+    alert_messages(topics, &rest, &mut out);
     out
 }
 

@@ -19,14 +19,44 @@ use crate::SinkError;
 pub struct StockLevel {
     /// `inventory.quantity_on_hand` as committed.
     pub quantity_on_hand: i64,
-    /// `products.reorder_level`.
-    pub reorder_level: i32,
+    /// Whether that is low (`stock_is_low`, the one definition, evaluated
+    /// by the database in the commit).
+    pub low: bool,
 }
 
-impl StockLevel {
-    /// Low when at or below the reorder level.
-    pub fn is_low(&self) -> bool {
-        self.quantity_on_hand <= i64::from(self.reorder_level)
+/// One crossing of a reorder level, as `stock_alerts` holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockAlert {
+    /// The commit (epoch) that raised it.
+    pub epoch: u64,
+    /// `A-<epoch>-<product_id>`: a product crosses at most once per commit.
+    pub alert_id: String,
+    /// The product.
+    pub product_id: String,
+    /// `low` or `recovered`.
+    pub kind: String,
+    /// The level as committed by the commit that crossed.
+    pub quantity_on_hand: i64,
+    /// The reorder level in force at that commit.
+    pub reorder_level: i32,
+    /// The commit's time.
+    pub raised_at: DateTime<Utc>,
+}
+
+impl StockAlert {
+    /// From `(epoch, alert_id, product_id, kind, quantity_on_hand,
+    /// reorder_level, raised_at)` starting at column `first - 1`.
+    pub(crate) fn from_row(r: &tokio_postgres::Row, first: usize) -> StockAlert {
+        let c = first - 1;
+        StockAlert {
+            epoch: r.get::<_, i64>(c).max(0) as u64,
+            alert_id: r.get(c + 1),
+            product_id: r.get(c + 2),
+            kind: r.get(c + 3),
+            quantity_on_hand: r.get(c + 4),
+            reorder_level: r.get(c + 5),
+            raised_at: r.get(c + 6),
+        }
     }
 }
 
@@ -37,6 +67,10 @@ pub enum CommitOutcome {
     Committed {
         /// Stock of every product the epoch's applied events touched.
         stock: HashMap<String, StockLevel>,
+        /// The alerts the commit raised, by product.
+        alerts: Vec<StockAlert>,
+        /// The next offset of every input partition the commit read from.
+        offsets: Vec<(String, i32, i64)>,
         /// The transaction's time (`now()`), as `processed_at` holds it.
         committed_at: DateTime<Utc>,
     },
@@ -72,24 +106,39 @@ fn kafka_time(msg: &RawMessage) -> Option<DateTime<Utc>> {
 }
 
 /// Writes `batch` in one transaction: `inventory`, `events_log`, `orders`,
-/// `sales_daily`, `source_offsets`, and `stream_progress` (the last epoch
-/// whose output messages were published, `published_epoch`).
+/// `sales_hourly` and `sales_daily`, the stock alerts, `source_offsets`,
+/// `epochs` and `stream_progress` (the last epoch whose output messages
+/// were published, `published_epoch`).
+///
+/// `generation` is the one this processor took at start
+/// ([`crate::postgres::take_generation`]): when a later `stockflow run` has
+/// taken another, nothing is written and the commit fails with
+/// [`SinkError::Fenced`].
 pub async fn commit_epoch(
     client: &mut Client,
     topics: &TopicNames,
     batch: &EpochBatch,
     published_epoch: u64,
+    generation: i64,
 ) -> Result<CommitOutcome, SinkError> {
     let tx = client.transaction().await.map_err(SinkError::pg("begin"))?;
+    // Fencing: the row lock also keeps any other writer of stream_progress
+    // out until this commit ends.
+    let current: i64 = tx
+        .query_one("SELECT generation FROM stream_progress WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .map_err(SinkError::pg("read the processor generation"))?
+        .get(0);
+    if current != generation {
+        tx.rollback().await.map_err(SinkError::pg("rollback"))?;
+        return Err(SinkError::Fenced(format!(
+            "another `stockflow run` started on this database (generation {current}, this one holds \
+             {generation}): this one stops without committing, the newer one carries on"
+        )));
+    }
 
     // Offsets: first offset and next offset per partition of this epoch.
-    let mut parts: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-    for o in &batch.outcomes {
-        let m = o.msg();
-        let e = parts.entry((topics.input(m.kind), m.partition)).or_insert((m.offset, m.offset + 1));
-        e.0 = e.0.min(m.offset);
-        e.1 = e.1.max(m.offset + 1);
-    }
+    let parts = batch_partitions(topics, batch);
     let part_topics: Vec<&str> = parts.keys().map(|(t, _)| t.as_str()).collect();
     let part_ids: Vec<i32> = parts.keys().map(|(_, p)| *p).collect();
     let stored = tx
@@ -111,6 +160,18 @@ pub async fn commit_epoch(
             return Ok(CommitOutcome::AlreadyCommitted);
         }
     }
+    // A commit without messages (only rechecks) has no offsets to tell;
+    // its epoch row does.
+    if parts.is_empty()
+        && tx
+            .query_opt("SELECT 1 FROM epochs WHERE epoch = $1", &[&(batch.epoch as i64)])
+            .await
+            .map_err(SinkError::pg("read epochs"))?
+            .is_some()
+    {
+        tx.rollback().await.map_err(SinkError::pg("rollback"))?;
+        return Ok(CommitOutcome::AlreadyCommitted);
+    }
 
     // Stock: increments for every product an applied event touched (0 for
     // a net-zero epoch, so that its committed level is known too).
@@ -124,6 +185,7 @@ pub async fn commit_epoch(
         *deltas.entry(p.as_str()).or_insert(0) += d;
     }
     let mut stock = HashMap::with_capacity(deltas.len());
+    let mut alerts = Vec::new();
     if !deltas.is_empty() {
         let ids: Vec<&str> = deltas.keys().copied().collect();
         let ds: Vec<i64> = deltas.values().copied().collect();
@@ -135,47 +197,54 @@ pub async fn commit_epoch(
                    ON CONFLICT (product_id) DO UPDATE \
                      SET quantity_on_hand = i.quantity_on_hand + EXCLUDED.quantity_on_hand, last_updated = now() \
                    RETURNING product_id, quantity_on_hand) \
-                 SELECT up.product_id, up.quantity_on_hand, p.reorder_level \
+                 SELECT up.product_id, up.quantity_on_hand, stock_is_low(up.quantity_on_hand, p.reorder_level) \
                  FROM up JOIN products p USING (product_id)",
                 &[&ids, &ds],
             )
             .await
             .map_err(SinkError::pg("update inventory"))?;
         for r in rows {
-            stock.insert(
-                r.get::<_, String>(0),
-                StockLevel { quantity_on_hand: r.get(1), reorder_level: r.get(2) },
-            );
+            stock.insert(r.get::<_, String>(0), StockLevel { quantity_on_hand: r.get(1), low: r.get(2) });
         }
+    }
+    // Crossings: every product this commit touched or was asked to
+    // recheck, its committed state now against the last alert's.
+    let mut candidates: Vec<&str> = deltas.keys().copied().collect();
+    candidates.extend(batch.rechecks.iter().map(String::as_str));
+    candidates.sort_unstable();
+    candidates.dedup();
+    if !candidates.is_empty() {
+        let epoch = batch.epoch as i64;
+        let rows = tx
+            .query(
+                "WITH now_state AS ( \
+                   SELECT p.product_id, coalesce(i.quantity_on_hand, 0) AS q, p.reorder_level AS r, \
+                          stock_is_low(coalesce(i.quantity_on_hand, 0), p.reorder_level) AS low \
+                   FROM unnest($1::text[]) AS c(product_id) \
+                   JOIN products p USING (product_id) LEFT JOIN inventory i USING (product_id)), \
+                 crossed AS ( \
+                   SELECT n.* FROM now_state n LEFT JOIN stock_alert_state s USING (product_id) \
+                   WHERE n.low <> coalesce(s.low, false)), \
+                 state AS ( \
+                   INSERT INTO stock_alert_state AS s (product_id, low, updated_at) \
+                   SELECT product_id, low, now() FROM crossed \
+                   ON CONFLICT (product_id) DO UPDATE SET low = EXCLUDED.low, updated_at = now()) \
+                 INSERT INTO stock_alerts (alert_id, product_id, kind, quantity_on_hand, reorder_level, raised_at, epoch) \
+                 SELECT 'A-' || $2::bigint || '-' || product_id, product_id, \
+                        CASE WHEN low THEN 'low' ELSE 'recovered' END, q, r, now(), $2 FROM crossed \
+                 RETURNING epoch, alert_id, product_id, kind, quantity_on_hand, reorder_level, raised_at",
+                &[&candidates, &epoch],
+            )
+            .await
+            .map_err(SinkError::pg("raise stock alerts"))?;
+        alerts = rows.iter().map(|r| StockAlert::from_row(r, 1)).collect();
+        alerts.sort_by(|a, b| a.product_id.cmp(&b.product_id));
     }
 
     copy_events_log(&tx, topics, batch, &stock).await?;
     copy_orders(&tx, batch).await?;
 
-    if !batch.sales.is_empty() {
-        let days: Vec<chrono::NaiveDate> = batch.sales.iter().map(|s| s.key.0).collect();
-        let products: Vec<&str> = batch.sales.iter().map(|s| s.key.1.as_str()).collect();
-        let sources: Vec<&str> = batch.sales.iter().map(|s| s.key.2.as_str()).collect();
-        let units: Vec<i64> = batch.sales.iter().map(|s| s.units).collect();
-        let revenue: Vec<Decimal> = batch
-            .sales
-            .iter()
-            .map(|s| Decimal::try_from_i128_with_scale(s.revenue_cents, 2).unwrap_or(Decimal::MAX))
-            .collect();
-        let orders: Vec<i64> = batch.sales.iter().map(|s| s.orders).collect();
-        tx.execute(
-            "INSERT INTO sales_daily AS s (day, product_id, source, units, revenue, order_count, updated_at) \
-             SELECT d, p, src, u, r, o, now() \
-             FROM unnest($1::date[], $2::text[], $3::text[], $4::bigint[], $5::numeric[], $6::bigint[]) \
-               AS t(d, p, src, u, r, o) \
-             ON CONFLICT (day, product_id, source) DO UPDATE SET \
-               units = s.units + EXCLUDED.units, revenue = s.revenue + EXCLUDED.revenue, \
-               order_count = s.order_count + EXCLUDED.order_count, updated_at = now()",
-            &[&days, &products, &sources, &units, &revenue, &orders],
-        )
-        .await
-        .map_err(SinkError::pg("update sales_daily"))?;
-    }
+    write_sales(&tx, batch).await?;
 
     let next: Vec<i64> = parts.values().map(|(_, n)| *n).collect();
     tx.execute(
@@ -207,7 +276,82 @@ pub async fn commit_epoch(
         .map_err(SinkError::pg("record epoch"))?
         .get(0);
     tx.commit().await.map_err(SinkError::pg("commit"))?;
-    Ok(CommitOutcome::Committed { stock, committed_at })
+    let offsets = parts.into_iter().map(|((t, p), (_, next))| (t, p, next)).collect();
+    Ok(CommitOutcome::Committed { stock, alerts, offsets, committed_at })
+}
+
+/// `sales_hourly` increments from the batch's sums, and `sales_daily`
+/// increments as the sum of each day's hours (so hours always add up to
+/// their day).
+async fn write_sales(tx: &tokio_postgres::Transaction<'_>, batch: &EpochBatch) -> Result<(), SinkError> {
+    if batch.sales.is_empty() {
+        return Ok(());
+    }
+    let cents = |c: i128| Decimal::try_from_i128_with_scale(c, 2).unwrap_or(Decimal::MAX);
+    let hours: Vec<DateTime<Utc>> = batch.sales.iter().map(|s| s.key.0).collect();
+    let products: Vec<&str> = batch.sales.iter().map(|s| s.key.1.as_str()).collect();
+    let sources: Vec<&str> = batch.sales.iter().map(|s| s.key.2.as_str()).collect();
+    let units: Vec<i64> = batch.sales.iter().map(|s| s.units).collect();
+    let revenue: Vec<Decimal> = batch.sales.iter().map(|s| cents(s.revenue_cents)).collect();
+    let orders: Vec<i64> = batch.sales.iter().map(|s| s.orders).collect();
+    tx.execute(
+        "INSERT INTO sales_hourly AS s (hour, product_id, source, units, revenue, order_count, updated_at) \
+         SELECT h, p, src, u, r, o, now() \
+         FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::bigint[], $5::numeric[], $6::bigint[]) \
+           AS t(h, p, src, u, r, o) \
+         ON CONFLICT (hour, product_id, source) DO UPDATE SET \
+           units = s.units + EXCLUDED.units, revenue = s.revenue + EXCLUDED.revenue, \
+           order_count = s.order_count + EXCLUDED.order_count, updated_at = now()",
+        &[&hours, &products, &sources, &units, &revenue, &orders],
+    )
+    .await
+    .map_err(SinkError::pg("update sales_hourly"))?;
+
+    let mut daily: BTreeMap<(chrono::NaiveDate, &str, &str), (i64, i128, i64)> = BTreeMap::new();
+    for s in &batch.sales {
+        let row = daily.entry((s.key.0.date_naive(), s.key.1.as_str(), s.key.2.as_str())).or_default();
+        row.0 += s.units;
+        row.1 += s.revenue_cents;
+        row.2 += s.orders;
+    }
+    let days: Vec<chrono::NaiveDate> = daily.keys().map(|k| k.0).collect();
+    let products: Vec<&str> = daily.keys().map(|k| k.1).collect();
+    let sources: Vec<&str> = daily.keys().map(|k| k.2).collect();
+    let units: Vec<i64> = daily.values().map(|v| v.0).collect();
+    let revenue: Vec<Decimal> = daily.values().map(|v| cents(v.1)).collect();
+    let orders: Vec<i64> = daily.values().map(|v| v.2).collect();
+    tx.execute(
+        "INSERT INTO sales_daily AS s (day, product_id, source, units, revenue, order_count, updated_at) \
+         SELECT d, p, src, u, r, o, now() \
+         FROM unnest($1::date[], $2::text[], $3::text[], $4::bigint[], $5::numeric[], $6::bigint[]) \
+           AS t(d, p, src, u, r, o) \
+         ON CONFLICT (day, product_id, source) DO UPDATE SET \
+           units = s.units + EXCLUDED.units, revenue = s.revenue + EXCLUDED.revenue, \
+           order_count = s.order_count + EXCLUDED.order_count, updated_at = now()",
+        &[&days, &products, &sources, &units, &revenue, &orders],
+    )
+    .await
+    .map_err(SinkError::pg("update sales_daily"))?;
+    Ok(())
+}
+
+/// Per input partition of the batch: its first offset and the offset after
+/// its last message.
+fn batch_partitions(topics: &TopicNames, batch: &EpochBatch) -> BTreeMap<(String, i32), (i64, i64)> {
+    let mut parts: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    for o in &batch.outcomes {
+        let m = o.msg();
+        let e = parts.entry((topics.input(m.kind), m.partition)).or_insert((m.offset, m.offset + 1));
+        e.0 = e.0.min(m.offset);
+        e.1 = e.1.max(m.offset + 1);
+    }
+    parts
+}
+
+/// The next offset of every input partition `batch` read from: where its
+/// commit leaves `source_offsets`.
+pub fn batch_offsets(topics: &TopicNames, batch: &EpochBatch) -> Vec<(String, i32, i64)> {
+    batch_partitions(topics, batch).into_iter().map(|((t, p), (_, next))| (t, p, next)).collect()
 }
 
 async fn copy_events_log(
@@ -220,7 +364,7 @@ async fn copy_events_log(
         .copy_in(
             "COPY events_log (event_id, topic, kafka_partition, kafka_offset, raw_event, raw_is_base64, status, \
              error_code, error_detail, event_type, product_id, delta, occurred_at, content_hash, epoch, \
-             quantity_after, kafka_timestamp) FROM STDIN (FORMAT binary)",
+             quantity_after, kafka_timestamp, kafka_key) FROM STDIN (FORMAT binary)",
         )
         .await
         .map_err(SinkError::pg("copy events_log"))?;
@@ -242,6 +386,7 @@ async fn copy_events_log(
         Type::INT8,
         Type::INT8,
         Type::TIMESTAMPTZ,
+        Type::BYTEA,
     ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
@@ -275,12 +420,14 @@ async fn copy_events_log(
                         &epoch,
                         &after,
                         &ts,
+                        &None::<&[u8]>,
                     ])
                     .await
                     .map_err(SinkError::pg("copy events_log row"))?;
             }
             Outcome::Rejected { msg, rejection } => {
                 let (raw, b64) = raw_text(msg.value.as_deref());
+                let key = msg.key.as_deref().filter(|k| !k.is_empty());
                 writer
                     .as_mut()
                     .write(&[
@@ -301,6 +448,7 @@ async fn copy_events_log(
                         &epoch,
                         &None::<i64>,
                         &ts,
+                        &key,
                     ])
                     .await
                     .map_err(SinkError::pg("copy events_log row"))?;

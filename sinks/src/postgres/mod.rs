@@ -8,10 +8,11 @@ mod migrate;
 mod state;
 
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
-pub use commit::{CommitOutcome, StockLevel, commit_epoch, raw_text};
+pub use commit::{CommitOutcome, StockAlert, StockLevel, batch_offsets, commit_epoch, raw_text};
 pub use connect::{connect, redact_url};
 pub use migrate::migrate;
 pub use state::{
     Reference, UnpublishedRow, applied_hashes, last_committed_epoch, last_logged, load_offsets,
-    load_recent_applied, load_reference, load_stock, published_epoch, set_published_epoch, unpublished_rows,
+    load_recent_applied, load_reference, low_count, published_epoch, set_published_epoch, take_generation,
+    unpublished_alerts, unpublished_rows,
 };

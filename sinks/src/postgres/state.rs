@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use crate::SinkError;
+use crate::postgres::StockAlert;
 
 /// The next offset to read per `(topic, partition)`.
 pub async fn load_offsets(
@@ -78,17 +79,6 @@ pub async fn load_reference(client: &Client) -> Result<Reference, SinkError> {
     Ok(Reference { products, suppliers })
 }
 
-/// Current stock per product (products without a row are absent: 0).
-pub async fn load_stock(client: &Client) -> Result<Vec<(String, i64)>, SinkError> {
-    Ok(client
-        .query("SELECT product_id, quantity_on_hand FROM inventory WHERE quantity_on_hand <> 0", &[])
-        .await
-        .map_err(SinkError::pg("load inventory"))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
-}
-
 fn hash_of(bytes: &[u8]) -> u128 {
     let mut b = [0u8; 16];
     let n = bytes.len().min(16);
@@ -155,6 +145,25 @@ pub async fn last_committed_epoch(client: &Client) -> Result<u64, SinkError> {
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
+/// How many products the last alerts left low.
+pub async fn low_count(client: &Client) -> Result<i64, SinkError> {
+    let row = client
+        .query_one("SELECT count(*) FROM stock_alert_state WHERE low", &[])
+        .await
+        .map_err(SinkError::pg("count low products"))?;
+    Ok(row.get(0))
+}
+
+/// Takes the next generation of processors (see [`crate::postgres::commit_epoch`]):
+/// from now on, commits of an earlier `stockflow run` are refused.
+pub async fn take_generation(client: &Client) -> Result<i64, SinkError> {
+    let row = client
+        .query_one("UPDATE stream_progress SET generation = generation + 1 RETURNING generation", &[])
+        .await
+        .map_err(SinkError::pg("take a processor generation (has `stockflow migrate` run?)"))?;
+    Ok(row.get(0))
+}
+
 /// Records that every output message up to `epoch` was acknowledged.
 pub async fn set_published_epoch(client: &Client, epoch: u64) -> Result<(), SinkError> {
     client
@@ -184,6 +193,8 @@ pub struct UnpublishedRow {
     pub raw: Option<String>,
     /// Whether `raw` is `base64:`-encoded.
     pub raw_is_base64: bool,
+    /// The input message's key (kept for rejected messages).
+    pub key: Option<Vec<u8>>,
     /// `applied` or `rejected`.
     pub applied: bool,
     /// Rejection code and detail.
@@ -196,22 +207,27 @@ pub struct UnpublishedRow {
     pub delta: Option<i64>,
     /// Applied: stock right after the commit.
     pub quantity_after: Option<i64>,
-    /// Applied: the product's reorder level now.
-    pub reorder_level: Option<i32>,
+    /// Applied: whether `quantity_after` is low by the product's reorder
+    /// level now (`stock_is_low`).
+    pub low: Option<bool>,
     /// Commit time.
     pub processed_at: DateTime<Utc>,
 }
 
-/// Every row of the epochs after `published`, in commit order.
-pub async fn unpublished_rows(client: &Client, published: u64) -> Result<Vec<UnpublishedRow>, SinkError> {
+/// Every row of the epochs after `after` up to `through`, in commit order.
+pub async fn unpublished_rows(
+    client: &Client,
+    after: u64,
+    through: u64,
+) -> Result<Vec<UnpublishedRow>, SinkError> {
     let rows = client
         .query(
             "SELECT e.epoch, e.event_id, e.topic, e.kafka_partition, e.kafka_offset, e.raw_event, e.raw_is_base64, \
                     e.status = 'applied', e.error_code, e.error_detail, e.event_type, e.product_id, e.delta, \
-                    e.quantity_after, p.reorder_level, e.processed_at \
+                    e.quantity_after, stock_is_low(e.quantity_after, p.reorder_level), e.processed_at, e.kafka_key \
              FROM events_log e LEFT JOIN products p USING (product_id) \
-             WHERE e.epoch > $1 ORDER BY e.epoch, e.log_id",
-            &[&(published as i64)],
+             WHERE e.epoch > $1 AND e.epoch <= $2 ORDER BY e.epoch, e.log_id",
+            &[&epoch_param(after), &epoch_param(through)],
         )
         .await
         .map_err(SinkError::pg("read unpublished epochs"))?;
@@ -234,9 +250,33 @@ pub async fn unpublished_rows(client: &Client, published: u64) -> Result<Vec<Unp
                 product_id: r.get(11),
                 delta: r.get(12),
                 quantity_after: r.get(13),
-                reorder_level: r.get(14),
+                low: r.get(14),
                 processed_at: r.get(15),
+                key: r.get(16),
             }
         })
         .collect())
+}
+
+/// An epoch as a `bigint` parameter (`u64::MAX` reads as "no bound").
+fn epoch_param(epoch: u64) -> i64 {
+    i64::try_from(epoch).unwrap_or(i64::MAX)
+}
+
+/// The stock alerts of the epochs after `after` up to `through`, in commit
+/// order (by epoch, then product, as each commit raised them).
+pub async fn unpublished_alerts(
+    client: &Client,
+    after: u64,
+    through: u64,
+) -> Result<Vec<StockAlert>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT epoch, alert_id, product_id, kind, quantity_on_hand, reorder_level, raised_at FROM stock_alerts \
+             WHERE epoch > $1 AND epoch <= $2 ORDER BY epoch, product_id COLLATE \"C\"",
+            &[&epoch_param(after), &epoch_param(through)],
+        )
+        .await
+        .map_err(SinkError::pg("read unpublished alerts"))?;
+    Ok(rows.iter().map(|r| StockAlert::from_row(r, 1)).collect())
 }
