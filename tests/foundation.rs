@@ -186,7 +186,8 @@ async fn topics_are_created_once() {
     assert_eq!(first.matches("created").count(), 6, "{first}");
     let second = env.ok(&["topics", "--partitions", "2"]);
     assert_eq!(second.matches("exists (2 partitions)").count(), 6, "{second}");
-    for t in ["online_orders", "store_sales", "supplier_restocks", "inventory_updates", "stock_alerts", "dlq"] {
+    for t in ["online_orders", "store_sales", "supplier_restocks", "inventory_updates", "stock_alerts", "dlq"]
+    {
         assert!(second.contains(&env.topic(t)), "{second}");
     }
 }

@@ -230,8 +230,12 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
 
-    // State from PostgreSQL.
+    // State from PostgreSQL. Process 0 first takes the next generation: an
+    // older `stockflow run` on this database cannot commit after that, so
+    // the state read below is final (its commits wait for the row lock, then
+    // fail as fenced).
     let client = postgres::connect(&g.database_url).await?;
+    let generation = if args.process == 0 { Some(postgres::take_generation(&client).await?) } else { None };
     let published = postgres::published_epoch(&client).await?;
     let input_topics: Vec<String> = EventKind::ALL.iter().map(|k| topics.input(*k)).collect();
     let offsets = postgres::load_offsets(&client, &input_topics).await?;
@@ -282,8 +286,7 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     let commits_here = args.process == 0;
     let mut committer_setup = None;
     let mut published = published;
-    if commits_here {
-        let generation = postgres::take_generation(&client).await?;
+    if let Some(generation) = generation {
         let inputs: Vec<(String, i32)> = partitions.iter().map(|p| (p.topic.clone(), p.partition)).collect();
         let (outputs, through) =
             open_outputs(&client, &kafka, &topics, published, args.outputs, &inputs, &metrics)?;

@@ -155,7 +155,7 @@ pub async fn assert_exactly_once(env: &TestEnv, products: u32, opening: &HashMap
     // Outputs (contract 5.2), read with read_committed: exactly one message
     // per applied event, per rejected message and per alert; per product in
     // commit order, each update carrying the level its commit left.
-    let mut by_position = |mut v: Vec<Record>| {
+    let by_position = |mut v: Vec<Record>| {
         v.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
         v
     };
@@ -186,7 +186,10 @@ pub async fn assert_exactly_once(env: &TestEnv, products: u32, opening: &HashMap
         let v: Vec<&str> = r.split('|').collect();
         committed.entry(v[0].to_string()).or_default().push(format!("{}|{}", v[1], v[2]));
     }
-    assert!(sent == committed, "per product, inventory_updates are not in commit order with the committed levels");
+    assert!(
+        sent == committed,
+        "per product, inventory_updates are not in commit order with the committed levels"
+    );
 
     let rejected = env.count("SELECT count(*) FROM events_log WHERE status = 'rejected'").await as usize;
     let mut dlq_positions: BTreeSet<(String, i32, i64)> = BTreeSet::new();
