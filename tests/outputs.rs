@@ -34,7 +34,7 @@ fn restock(id: &str, product: &str, qty: u32, supplier: &str) -> String {
 fn send(env: &TestEnv, events: &[(&str, String, String)]) {
     let owned: Vec<(&str, Vec<u8>, Vec<u8>)> =
         events.iter().map(|(t, p, v)| (*t, p.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
-    let msgs: Vec<(&str, Option<&[u8]>, Option<&[u8]>)> =
+    let msgs: Vec<common::Outgoing<'_>> =
         owned.iter().map(|(t, k, v)| (*t, Some(k.as_slice()), Some(v.as_slice()))).collect();
     send_raw(env, &msgs);
 }
