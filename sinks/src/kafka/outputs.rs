@@ -136,7 +136,11 @@ fn key_of(msg: &RawMessage) -> Option<Vec<u8>> {
 }
 
 /// The `stock_alerts` messages of `alerts` (keyed by product).
-pub fn alert_messages(topics: &TopicNames, alerts: &[StockAlert], out: &mut Vec<OutputMessage>) {
+pub fn alert_messages<'a>(
+    topics: &TopicNames,
+    alerts: impl IntoIterator<Item = &'a StockAlert>,
+    out: &mut Vec<OutputMessage>,
+) {
     for a in alerts {
         let m = AlertMessage {
             alert_id: &a.alert_id,
@@ -219,9 +223,8 @@ pub fn republish_messages(
     let mut alerts = alerts.iter().peekable();
     for r in rows {
         // The alerts of earlier commits go before this commit's rows.
-        while let Some(a) = alerts.next_if(|a| a.epoch < r.epoch) {
-            alert_messages(topics, std::slice::from_ref(a), &mut out);
-        }
+        let earlier = std::iter::from_fn(|| alerts.next_if(|a| a.epoch < r.epoch));
+        alert_messages(topics, earlier, &mut out);
         let Some(kind) = topics.kind_of(&r.topic) else { continue };
         if r.applied {
             let (Some(event_id), Some(product_id)) = (&r.event_id, &r.product_id) else { continue };
@@ -262,8 +265,7 @@ pub fn republish_messages(
             ));
         }
     }
-    let rest: Vec<StockAlert> = alerts.cloned().collect();
-    alert_messages(topics, &rest, &mut out);
+    alert_messages(topics, alerts, &mut out);
     out
 }
 
