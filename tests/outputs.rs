@@ -91,7 +91,16 @@ async fn stock_alerts_follow_committed_crossings() {
         ("supplier_restocks", p2.clone(), restock("a3", p2, 95, &supplier)),
     ];
     send(&env, &phase1);
-    let out = env.stockflow(&["run", "--exit-when-idle", "1", "--epoch-ms", "1000", "--workers", "2"]);
+    // One worker (a single consumer fetches both partitions together) and
+    // a start just after the beginning of a 5 s epoch slot (slots are wall
+    // clock), so that the pair is read well inside one epoch. Two workers
+    // start their consumers up to a second apart: CI once split the pair.
+    let slot_ms = 5_000;
+    let into_slot = (Utc::now().timestamp_millis() % slot_ms) as u64;
+    if into_slot > 500 {
+        std::thread::sleep(Duration::from_millis(slot_ms as u64 - into_slot + 50));
+    }
+    let out = env.stockflow(&["run", "--exit-when-idle", "1", "--epoch-ms", "5000", "--workers", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let epochs =
         env.rows("SELECT event_id, epoch FROM events_log WHERE event_id IN ('a2', 'a3') ORDER BY 1").await;
