@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Real-time inventory pipeline: Kafka -> Timely/Differential Dataflow -> PostgreSQL.
@@ -83,6 +84,66 @@ pub enum Command {
     Produce(ProduceArgs),
     /// The long-running stream processor.
     Run(RunArgs),
+    /// Check every derived table against the applied events: exit 0 when all
+    /// hold, 3 with one line per difference.
+    Reconcile,
+    /// The stock of every product (or one) as of a past instant, as CSV.
+    Stock(StockArgs),
+    /// Dead-letter tools.
+    Dlq(DlqArgs),
+}
+
+/// An instant on the command line: RFC 3339 with any offset, kept in UTC.
+fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 instant (e.g. 2026-11-20T10:00:00Z): {e}"))
+}
+
+fn parse_code(s: &str) -> Result<dataflow::ErrorCode, String> {
+    dataflow::ErrorCode::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
+        let all: Vec<&str> = dataflow::ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        format!("unknown rejection code {s:?} (one of {})", all.join(", "))
+    })
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("instant").required(true).args(["as_of", "processed_as_of"])))]
+pub struct StockArgs {
+    /// Event time: count the applied events with `occurred_at <= T`.
+    #[arg(long, value_name = "T", value_parser = parse_instant)]
+    pub as_of: Option<DateTime<Utc>>,
+    /// Processing time: count the events committed at or before T.
+    #[arg(long, value_name = "T", value_parser = parse_instant)]
+    pub processed_as_of: Option<DateTime<Utc>>,
+    /// Only this product.
+    #[arg(long)]
+    pub product: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Re-send rejected messages, unchanged, to the input topic they came from.
+    Redrive(RedriveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    /// The rejection code whose messages are re-sent (e.g. unknown_product).
+    #[arg(long, value_parser = parse_code)]
+    pub code: dataflow::ErrorCode,
+    /// Only messages rejected (processed) at or after this instant.
+    #[arg(long, value_name = "T", value_parser = parse_instant)]
+    pub since: Option<DateTime<Utc>>,
+    /// Count what would be re-sent; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

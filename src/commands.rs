@@ -1,5 +1,6 @@
 //! One function per subcommand.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -10,16 +11,24 @@ use sinks::kafka::TopicOutcome;
 use sources::kafka::{ProduceOptions, Target};
 use sources::sim::{SimOptions, Simulation};
 
-use crate::cli::{Cli, Command, GlobalArgs, ProduceArgs, SeedArgs, TopicsArgs};
+use crate::cli::{Cli, Command, DlqArgs, DlqCommand, GlobalArgs, ProduceArgs, SeedArgs, TopicsArgs};
 
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs the command; `Ok` carries the exit status (`reconcile` exits 3 when
+/// it finds a difference), `Err` one line for stderr.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
+    let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     match &cli.command {
-        Command::Migrate => migrate(g).await,
-        Command::Seed(args) => seed(g, args).await,
-        Command::Topics(args) => topics(g, args).await,
-        Command::Produce(args) => produce(g, args).await,
-        Command::Run(args) => crate::run::run(g, args, kafka_config(g), topic_names(g)).await,
+        Command::Migrate => done(migrate(g).await),
+        Command::Seed(args) => done(seed(g, args).await),
+        Command::Topics(args) => done(topics(g, args).await),
+        Command::Produce(args) => done(produce(g, args).await),
+        Command::Run(args) => done(crate::run::run(g, args, kafka_config(g), topic_names(g)).await),
+        Command::Reconcile => crate::operator::reconcile(g).await,
+        Command::Stock(args) => crate::operator::stock(g, args).await,
+        Command::Dlq(DlqArgs { command: DlqCommand::Redrive(args) }) => {
+            crate::operator::redrive(g, args).await
+        }
     }
 }
 
@@ -68,7 +77,7 @@ const KAFKA_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Fails with one line unless `config`'s brokers answer within
 /// [`KAFKA_PATIENCE`] and accept this client.
-async fn reach_kafka(config: &ClientConfig) -> Result<()> {
+pub async fn reach_kafka(config: &ClientConfig) -> Result<()> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
         crate::kafka::reach(&config, crate::kafka::Patience::Fail(KAFKA_PATIENCE), None)

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod kafka;
 mod metrics;
+mod operator;
 mod run;
 
 use std::process::ExitCode;
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // `{:#}` prints the whole cause chain on one line.
             let msg = format!("{e:#}").replace('\n', " ");

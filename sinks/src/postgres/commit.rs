@@ -106,7 +106,7 @@ fn kafka_time(msg: &RawMessage) -> Option<DateTime<Utc>> {
 }
 
 /// Writes `batch` in one transaction: `inventory`, `events_log`, `orders`,
-/// `sales_hourly` and `sales_daily`, the stock alerts, `source_offsets`,
+/// `sales_hourly` and `sales_daily`, `stock_hourly`, the stock alerts, `source_offsets`,
 /// `epochs` and `stream_progress` (the last epoch whose output messages
 /// were published, `published_epoch`).
 ///
@@ -245,6 +245,7 @@ pub async fn commit_epoch(
     copy_orders(&tx, batch).await?;
 
     write_sales(&tx, batch).await?;
+    write_stock_hours(&tx, batch).await?;
 
     let next: Vec<i64> = parts.values().map(|(_, n)| *n).collect();
     tx.execute(
@@ -332,6 +333,43 @@ async fn write_sales(tx: &tokio_postgres::Transaction<'_>, batch: &EpochBatch) -
     )
     .await
     .map_err(SinkError::pg("update sales_daily"))?;
+    Ok(())
+}
+
+/// `stock_hourly` increments: the batch's applied deltas per product and
+/// UTC hour of `occurred_at` (axis `event`), and per product in the hour of
+/// this commit's `processed_at` (axis `commit`).
+async fn write_stock_hours(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: &EpochBatch,
+) -> Result<(), SinkError> {
+    let mut hours: BTreeMap<(DateTime<Utc>, &str), (i64, i64)> = BTreeMap::new();
+    for o in &batch.outcomes {
+        if let Outcome::Applied { event, .. } = o {
+            let row = hours.entry((event.hour(), event.product_id.as_str())).or_default();
+            row.0 += event.delta();
+            row.1 += 1;
+        }
+    }
+    if hours.is_empty() {
+        return Ok(());
+    }
+    let hour: Vec<DateTime<Utc>> = hours.keys().map(|k| k.0).collect();
+    let products: Vec<&str> = hours.keys().map(|k| k.1).collect();
+    let deltas: Vec<i64> = hours.values().map(|v| v.0).collect();
+    let events: Vec<i64> = hours.values().map(|v| v.1).collect();
+    tx.execute(
+        "INSERT INTO stock_hourly AS s (axis, hour, product_id, delta, events) \
+         SELECT 'event', h, p, d, n FROM unnest($1::timestamptz[], $2::text[], $3::bigint[], $4::bigint[]) AS t(h, p, d, n) \
+         UNION ALL \
+         SELECT 'commit', date_trunc('hour', now(), 'UTC'), p, sum(d), sum(n) \
+         FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS t(p, d, n) GROUP BY p \
+         ON CONFLICT (axis, hour, product_id) DO UPDATE SET \
+           delta = s.delta + EXCLUDED.delta, events = s.events + EXCLUDED.events",
+        &[&hour, &products, &deltas, &events],
+    )
+    .await
+    .map_err(SinkError::pg("update stock_hourly"))?;
     Ok(())
 }
 

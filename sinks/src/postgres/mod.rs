@@ -1,16 +1,20 @@
-//! PostgreSQL: connecting, the schema, reference data, the processor's state
-//! and epoch commits.
+//! PostgreSQL: connecting, the schema, reference data, the processor's state,
+//! epoch commits and the operator commands' queries.
 
 mod catalog;
 mod commit;
 mod connect;
 mod migrate;
+mod operator;
 mod state;
 
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
 pub use commit::{CommitOutcome, StockAlert, StockLevel, batch_offsets, commit_epoch, raw_text};
 pub use connect::{connect, redact_url};
 pub use migrate::migrate;
+pub use operator::{
+    Difference, RedriveCandidate, reconcile, record_redrives, redrive_candidates, stock_as_of,
+};
 pub use state::{
     Reference, UnpublishedRow, applied_hashes, last_committed_epoch, last_logged, load_offsets,
     load_recent_applied, load_reference, low_count, published_epoch, set_published_epoch, take_generation,
