@@ -59,6 +59,20 @@ async fn kill_nine_at_random_moments_changes_nothing() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
+        if kills == 3 {
+            // An operator sets reorder levels just under today's stock (the
+            // producer, which restocks at the levels it loaded, never hears):
+            // the traffic crosses them both ways, so stock alerts are in
+            // flight at the later kills too.
+            env.client()
+                .await
+                .batch_execute(
+                    "UPDATE products p SET reorder_level = greatest(0, i.quantity_on_hand - 15) \
+                     FROM inventory i WHERE i.product_id = p.product_id",
+                )
+                .await
+                .unwrap();
+        }
     }
     assert!(producer.wait().unwrap().success());
     let done = spawn_run(&env, &["--exit-when-idle", "2"]).wait_with_output().unwrap();
@@ -67,6 +81,7 @@ async fn kill_nine_at_random_moments_changes_nothing() {
     let checked = reference::assert_exactly_once(&env, 150, &opening).await;
     assert_eq!(checked.messages, n);
     assert!(checked.rejected > 100, "{checked:?}");
+    assert!(checked.alerts >= 20, "the traffic crossed reorder levels: {checked:?}");
     eprintln!(
         "crash test: {kills} kills, {} applied, {} rejected; read_committed: {} inventory_updates, {} dlq, {} \
          stock_alerts messages, each once",

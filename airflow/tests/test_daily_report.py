@@ -14,6 +14,7 @@ from sf_testdata import (
     MUG_NAME,
     UTC,
     expected_report,
+    make_reconcilable,
     parse_ts,
     read_csv,
     read_json,
@@ -166,3 +167,26 @@ def test_default_report_dir_is_under_airflow_home(db, monkeypatch, run_dag, tmp_
     summary = json.loads((tmp_path / "reports" / "2026-01-31" / "summary.json").read_text())
     assert summary["report_date"] == other_day.isoformat()
     assert report_row(db, other_day)["revision"] == 1
+
+
+def test_reconciliation_outcome_is_stored_and_shown(db, report_dir, run_dag):
+    """Contract 5.7: reports.reconciled, also in summary.json and the HTML."""
+    seed(db)
+    make_reconcilable(db.cursor())
+    _assert_success(run_dag("daily_report", LOGICAL_DATE))
+    row = report_row(db)
+    assert row["reconciled"] is True
+    day_dir = report_dir / DAY.isoformat()
+    assert read_json(day_dir / "summary.json")["reconciled"] is True
+    page = (day_dir / "report.html").read_text(encoding="utf-8")
+    assert re.search(r'id="reconciled">yes<', page), page
+
+    # Stock changed by plain SQL behind the processor's back: the next run
+    # finds it, says so, and issues a revision.
+    db.execute("UPDATE inventory SET quantity_on_hand = quantity_on_hand + 1 WHERE product_id = 'p05'")
+    _assert_success(run_dag("daily_report", LOGICAL_DATE))
+    row = report_row(db)
+    assert row["reconciled"] is False and row["revision"] == 2
+    assert read_json(day_dir / "summary.json")["reconciled"] is False
+    page = (day_dir / "report.html").read_text(encoding="utf-8")
+    assert re.search(r'id="reconciled">NO: run stockflow reconcile<', page), page

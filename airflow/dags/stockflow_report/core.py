@@ -2,8 +2,10 @@
 
 Shared by the DAGs ``daily_report`` and ``reissue_stale_reports``. The figures
 come from the stream-maintained ``sales_daily`` table (never a scan of
-``orders``) and from ``products`` + ``inventory`` for low stock; see
-shared/contract section 4 for the output format.
+``orders``) and from the ``low_stock`` view; each run also runs the
+reconciliation (``reconcile_differences()``, contract 5.5/5.7) and stores its
+outcome in ``reports.reconciled``. See shared/contract section 4 for the
+output format.
 
 Everything here works with a plain DB-API connection from psycopg (3) or
 psycopg2, which is what ``PostgresHook.get_conn()`` returns.
@@ -59,26 +61,30 @@ ORDER BY sum(s.units) DESC, s.product_id COLLATE "C" ASC
 LIMIT %s
 """
 
-# A product without an inventory row has 0 on hand (contract section 1).
+# The low_stock view holds the one definition of "low" (stock_is_low(), as
+# the processor's alerts use it); a product without an inventory row has 0
+# on hand (contract section 1).
 LOW_STOCK_SQL = """
-SELECT p.product_id, p.name, COALESCE(i.quantity_on_hand, 0) AS quantity_on_hand, p.reorder_level
-FROM products p
-LEFT JOIN inventory i ON i.product_id = p.product_id
-WHERE COALESCE(i.quantity_on_hand, 0) <= p.reorder_level
-ORDER BY p.product_id COLLATE "C" ASC
+SELECT product_id, name, quantity_on_hand, reorder_level
+FROM low_stock
+ORDER BY product_id COLLATE "C" ASC
 """
+
+# The reconciliation of contract 5.5, the same SQL function `stockflow
+# reconcile` calls: one row per difference, none when all hold.
+RECONCILE_SQL = "SELECT table_name, key, actual, expected FROM reconcile_differences()"
 
 EXISTING_SQL = """
 SELECT total_units, total_revenue, order_count, top_sellers, low_stock,
-       generated_at, revision, sales_as_of
+       generated_at, revision, sales_as_of, reconciled
 FROM reports
 WHERE report_date = %s
 """
 
 INSERT_SQL = """
 INSERT INTO reports (report_date, total_units, total_revenue, order_count,
-                     top_sellers, low_stock, generated_at, revision, sales_as_of)
-VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, now(), 1, %s)
+                     top_sellers, low_stock, generated_at, revision, sales_as_of, reconciled)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, now(), 1, %s, %s)
 RETURNING generated_at, revision
 """
 
@@ -87,7 +93,7 @@ REVISE_SQL = """
 UPDATE reports
 SET total_units = %s, total_revenue = %s, order_count = %s,
     top_sellers = %s::jsonb, low_stock = %s::jsonb,
-    generated_at = now(), revision = revision + 1, sales_as_of = %s
+    generated_at = now(), revision = revision + 1, sales_as_of = %s, reconciled = %s
 WHERE report_date = %s
 RETURNING generated_at, revision
 """
@@ -136,6 +142,8 @@ class Report:
     generated_at: datetime
     revision: int
     sales_as_of: datetime | None
+    # The reconciliation's outcome (contract 5.7): True when nothing differed.
+    reconciled: bool | None = None
 
     @property
     def revised_at(self) -> datetime | None:
@@ -215,7 +223,14 @@ def _read_figures(cur, day: date) -> dict[str, Any]:
         {"product_id": pid, "name": name, "quantity_on_hand": int(qoh), "reorder_level": int(level)}
         for pid, name, qoh, level in cur.fetchall()
     ]
+    cur.execute(RECONCILE_SQL)
+    differences = cur.fetchall()
+    for table, key, actual, expected in differences[:20]:
+        log.warning("reconcile: %s %s: %s, expected %s", table, key, actual, expected)
+    if len(differences) > 20:
+        log.warning("reconcile: %d more differences (run `stockflow reconcile`)", len(differences) - 20)
     return {
+        "reconciled": not differences,
         "total_units": int(total_units),
         "total_revenue": Decimal(total_revenue).quantize(_CENT),
         "order_count": int(order_count),
@@ -228,7 +243,8 @@ def _read_figures(cur, day: date) -> dict[str, Any]:
 def _same_content(row: tuple, fig: dict[str, Any]) -> bool:
     total_units, total_revenue, order_count, top, low = row[:5]
     return (
-        int(total_units) == fig["total_units"]
+        row[8] == fig["reconciled"]
+        and int(total_units) == fig["total_units"]
         and Decimal(total_revenue) == fig["total_revenue"]
         and int(order_count) == fig["order_count"]
         and _to_json_list(top) == fig["top_sellers"]
@@ -258,14 +274,14 @@ def store_report(conn, day: date) -> tuple[Report, bool]:
             cur.execute(
                 INSERT_SQL,
                 (day, fig["total_units"], fig["total_revenue"], fig["order_count"],
-                 top_json, low_json, fig["sales_as_of"]),
+                 top_json, low_json, fig["sales_as_of"], fig["reconciled"]),
             )
             generated_at, revision = cur.fetchone()
         elif not _same_content(existing, fig):
             cur.execute(
                 REVISE_SQL,
                 (fig["total_units"], fig["total_revenue"], fig["order_count"],
-                 top_json, low_json, fig["sales_as_of"], day),
+                 top_json, low_json, fig["sales_as_of"], fig["reconciled"], day),
             )
             generated_at, revision = cur.fetchone()
         else:
@@ -291,6 +307,7 @@ def store_report(conn, day: date) -> tuple[Report, bool]:
         generated_at=generated_at,
         revision=int(revision),
         sales_as_of=fig["sales_as_of"],
+        reconciled=fig["reconciled"],
     )
     return report, changed
 
@@ -344,6 +361,7 @@ def summary_dict(report: Report) -> dict[str, Any]:
         "generated_at": iso_utc(report.generated_at),
         "revision": report.revision,
         "revised_at": iso_utc(report.revised_at),
+        "reconciled": report.reconciled,
     }
 
 
@@ -440,16 +458,18 @@ def generate_report(conn, day: date | str, base_dir: Path | str | None = None) -
         report, changed = store_report(conn, day)
         target = write_report_dir(base, report)
     log.info(
-        "report %s: revision %d %s (%d units, %s revenue, %d orders, %d top sellers, %d low stock) -> %s",
+        "report %s: revision %d %s (%d units, %s revenue, %d orders, %d top sellers, %d low stock, %s) -> %s",
         day, report.revision, "issued" if changed else "unchanged, files rewritten",
         report.total_units, money(report.total_revenue), report.order_count,
-        len(report.top_sellers), len(report.low_stock), target,
+        len(report.top_sellers), len(report.low_stock),
+        "reconciled" if report.reconciled else "RECONCILIATION FAILED", target,
     )
     return {
         "report_date": day.isoformat(),
         "revision": report.revision,
         "changed": changed,
         "generated_at": iso_utc(report.generated_at),
+        "reconciled": report.reconciled,
         "dir": str(target),
         "files": [str(target / name) for name in REPORT_FILES],
     }

@@ -113,6 +113,13 @@ def _time(value, element_id: str) -> str:
     return f'<time id="{element_id}" datetime="{_e(iso)}">{_e(readable)}</time>'
 
 
+def _reconciled_text(reconciled: bool | None) -> str:
+    """The reconciliation's outcome for people (contract 5.7)."""
+    if reconciled is None:
+        return "not checked"
+    return "yes" if reconciled else "NO: run stockflow reconcile"
+
+
 def render_html(report: Report) -> str:
     from stockflow_report.core import money
 
@@ -129,6 +136,7 @@ def render_html(report: Report) -> str:
         ("Revenue", money(report.total_revenue), "total-revenue"),
         ("Orders", str(report.order_count), "order-count"),
         ("Low-stock products", str(len(report.low_stock)), "low-stock-count"),
+        ("Reconciled", _reconciled_text(report.reconciled), "reconciled"),
     ]
     cards_html = "".join(
         f'<div class="card"><div class="label">{_e(label)}</div>'

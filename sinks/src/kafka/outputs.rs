@@ -244,12 +244,8 @@ pub fn republish_messages(
                 payload: serde_json::to_vec(&u).unwrap_or_default(),
             });
         } else {
-            let value: Option<Vec<u8>> = r.raw.as_ref().map(|raw| match raw.strip_prefix("base64:") {
-                Some(b) if r.raw_is_base64 => {
-                    base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default()
-                }
-                _ => raw.as_bytes().to_vec(),
-            });
+            let value: Option<Vec<u8>> =
+                r.raw.as_ref().map(|raw| crate::postgres::raw_bytes(raw, r.raw_is_base64));
             let (code, detail) = r.error.clone().unwrap_or_default();
             out.push(dlq_message(
                 topics,

@@ -9,7 +9,7 @@ mod operator;
 mod state;
 
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
-pub use commit::{CommitOutcome, StockAlert, StockLevel, batch_offsets, commit_epoch, raw_text};
+pub use commit::{CommitOutcome, StockAlert, StockLevel, batch_offsets, commit_epoch, raw_bytes, raw_text};
 pub use connect::{connect, redact_url};
 pub use migrate::migrate;
 pub use operator::{

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
-use super::commit::raw_bytes;
+use super::raw_bytes;
 use crate::SinkError;
 
 /// One way a derived table differs from the applied events.
