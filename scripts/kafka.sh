@@ -110,7 +110,16 @@ start() {
     port_open "$port" && die "port $port is taken by another program; set STOCKFLOW_KAFKA_PORT"
     if [ ! -f "$dir/data/meta.properties" ]; then
         local cluster
-        cluster="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')"
+        # A Kafka cluster id is a URL-safe base64 UUID; one that begins with
+        # "-" (1 in 64) would be read by the format tool as an option, so
+        # draw again, as Kafka's own Uuid.randomUuid() does.
+        cluster="$(python3 -c '
+import base64, uuid
+while True:
+    c = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    if not c.startswith("-"):
+        print(c)
+        break')"
         # shellcheck disable=SC2086
         java "${java_log[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cluster" \
             -c "$dir/server.properties" ${KAFKA_FORMAT_ARGS:-} >"$dir/logs/format.log" 2>&1 ||
