@@ -26,6 +26,10 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
+echo "test: Prometheus alert rules (promtool)"
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
+
 echo "test: docker-compose.yml against the Compose JSON Schema"
 if [ ! -x .venv/tools/bin/python ]; then
     python3 -m venv .venv/tools

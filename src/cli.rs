@@ -91,6 +91,15 @@ pub enum Command {
     Stock(StockArgs),
     /// Dead-letter tools.
     Dlq(DlqArgs),
+    /// The live web view (stock, alerts, sales by hour, rejections, health) and its JSON API.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen on this HOST:PORT (a name such as localhost works too).
+    #[arg(long, env = "STOCKFLOW_SERVE_ADDR", default_value = "127.0.0.1:8088")]
+    pub addr: String,
 }
 
 /// An instant on the command line: RFC 3339 with any offset, kept in UTC.

@@ -29,6 +29,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dlq(DlqArgs { command: DlqCommand::Redrive(args) }) => {
             crate::operator::redrive(g, args).await
         }
+        Command::Serve(args) => done(crate::serve::serve(g, args).await),
     }
 }
 

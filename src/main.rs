@@ -7,6 +7,7 @@ mod kafka;
 mod metrics;
 mod operator;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -1,4 +1,4 @@
-//! The processor's Prometheus metrics and the tiny HTTP endpoint serving them.
+//! The processor's Prometheus metrics and the HTTP endpoint (axum) serving them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -138,47 +137,146 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text format) and `GET /healthz` on `addr`.
+/// Serves `GET /metrics` (OpenMetrics text) and `GET /healthz` on `addr`,
+/// on axum, in a task of its own; fails only if `addr` cannot be bound.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    use axum::http::header;
+    use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics on /metrics");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { continue };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                // Read the request head, however the client's writes were
-                // split into segments (up to 4 KiB, 5 s).
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tokio::time::timeout_at(deadline, socket.read(&mut buf[n..])).await {
-                        Ok(Ok(0)) => break,
-                        Ok(Ok(read)) => n += read,
-                        _ => return,
-                    }
-                }
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, content_type, body) = match path {
-                    "/metrics" => (
-                        "200 OK",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         metrics.render(),
-                    ),
-                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                    _ => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = socket.write_all(head.as_bytes()).await;
-                let _ = socket.write_all(body.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sample name the registry can export: counters end in
+    /// `_total`, histograms in `_bucket`, `_sum` and `_count`. A family is
+    /// rendered only once it has a label set, so each gets one here (a new
+    /// family left out fails the test below as soon as a query uses it).
+    fn exported() -> std::collections::BTreeSet<String> {
+        let m = Metrics::new();
+        let _ = m.messages.get_or_create(&OutcomeLabel { outcome: "applied" });
+        let _ = m.rejected.get_or_create(&CodeLabel { code: "malformed_json" });
+        let _ = m.retries.get_or_create(&WhatLabel { what: "postgres" });
+        let _ = m.consumer_lag_messages.get_or_create(&WorkerLabel { worker: 0 });
+        let _ = m.read_delay_seconds.get_or_create(&WorkerLabel { worker: 0 });
+        let _ = m.waiting.get_or_create(&WhatLabel { what: "kafka" });
+        let mut names = std::collections::BTreeSet::new();
+        for line in m.render().lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+            let (name, kind) = rest.split_once(' ').unwrap();
+            match kind {
+                "counter" => names.extend([format!("{name}_total"), format!("{name}_created")]),
+                "histogram" => {
+                    names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+                }
+                _ => {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+        names
+    }
+
+    /// The `stockflow_*` names in `text`.
+    fn referenced(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("stockflow_") {
+            let before = rest[..at].chars().next_back();
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                out.push(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match x {
+                        serde_json::Value::String(s) if k == "expr" => out.push(s.clone()),
+                        _ => exprs(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+            _ => {}
+        }
+    }
+
+    fn read(path: &str) -> String {
+        std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
+        let exported = exported();
+        assert!(exported.contains("stockflow_messages_total") && exported.contains("stockflow_lag_seconds"));
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&read("deploy/grafana/dashboards/stockflow.json")).unwrap();
+        let mut queries = Vec::new();
+        exprs(&dashboard, &mut queries);
+        assert!(queries.len() >= 10, "the dashboard has its queries: {queries:?}");
+        let rules = read("deploy/prometheus/alerts.yml");
+        let mut used: Vec<(String, String)> = Vec::new();
+        for q in &queries {
+            used.extend(referenced(q).into_iter().map(|m| (m, "dashboard".to_string())));
+        }
+        used.extend(referenced(&rules).into_iter().map(|m| (m, "alert rules".to_string())));
+        let missing: Vec<_> = used.iter().filter(|(m, _)| !exported.contains(m)).collect();
+        assert!(missing.is_empty(), "not exported: {missing:?}; exported: {exported:?}");
+        // Each panel the issue names is there.
+        for needle in [
+            "stockflow_messages_total",
+            "stockflow_rejected_total",
+            "stockflow_lag_seconds",
+            "stockflow_commit_duration_seconds_bucket",
+            "stockflow_low_stock_products",
+            "stockflow_retries_total",
+            "stockflow_waiting",
+        ] {
+            assert!(
+                queries.iter().any(|q| referenced(q).iter().any(|m| m == needle)),
+                "no panel reads {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn referenced_names_are_whole_words() {
+        assert_eq!(
+            referenced("sum(rate(stockflow_messages_total[1m])) / x_stockflow_no + stockflow_lag_seconds"),
+            ["stockflow_messages_total", "stockflow_lag_seconds"]
+        );
+        assert!(referenced(r#"up{job="stockflow-processor"}"#).is_empty());
+    }
 }

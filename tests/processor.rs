@@ -341,7 +341,7 @@ async fn reference_data_added_while_running_and_metrics() {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"GET ").unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        s.write_all(b"/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        s.write_all(b"/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
         let mut answer = String::new();
         s.read_to_string(&mut answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok\n"), "{answer}");
@@ -369,12 +369,7 @@ async fn reference_data_added_while_running_and_metrics() {
 }
 
 fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    common::http_get(&format!("127.0.0.1:{port}"), path).1
 }
 
 #[test]

@@ -303,6 +303,7 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
         metrics: metrics.clone(),
     });
     spawn_signal_handler(shared.clone());
+    spawn_status_heartbeat(g.database_url.clone(), args, shared.clone());
 
     let (tx, rx) = sync_channel::<EpochBatch>(2);
     let committer = committer_setup.map(|(outputs, generation)| {
@@ -460,6 +461,53 @@ fn timely_config(args: &RunArgs) -> timely::Config {
         timely::CommunicationConfig::Thread
     };
     timely::Config { communication, worker: timely::WorkerConfig::default() }
+}
+
+/// How often each process writes its row of `processor_status`.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Writes this process's `processor_status` row every [`HEARTBEAT`] from
+/// its metrics (the waiting flags, the consumer lag, the commit lag), on a
+/// connection of its own. A write that fails is dropped with its
+/// connection and tried again at the next beat: the live view reads a row
+/// that stops moving as "no heartbeat".
+fn spawn_status_heartbeat(url: String, args: &RunArgs, shared: Arc<Shared>) {
+    let started_at = chrono::Utc::now();
+    let (process, workers) = (i32::from(args.process), i32::from(args.workers));
+    tokio::spawn(async move {
+        let mut client: Option<tokio_postgres::Client> = None;
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            beat.tick().await;
+            if shared.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            let m = &shared.metrics;
+            let waiting = |what| m.waiting.get_or_create(&WhatLabel { what }).get() > 0;
+            let status = postgres::ProcessorStatus {
+                process,
+                started_at,
+                workers,
+                waiting_kafka: waiting("kafka"),
+                waiting_postgres: waiting("postgres"),
+                consumer_lag_messages: (0..workers as u32)
+                    .map(|worker| m.consumer_lag_messages.get_or_create(&WorkerLabel { worker }).get())
+                    .sum(),
+                lag_seconds: m.lag_seconds.get(),
+                last_committed_epoch: shared.committed_epoch.load(Ordering::Relaxed) as i64,
+            };
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = postgres::connect(&url).await.ok();
+            }
+            if let Some(c) = &client
+                && let Err(e) = postgres::write_processor_status(c, &status).await
+            {
+                tracing::debug!(error = %e, "cannot write the processor status");
+                client = None;
+            }
+        }
+    });
 }
 
 fn spawn_signal_handler(shared: Arc<Shared>) {

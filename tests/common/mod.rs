@@ -93,9 +93,17 @@ impl TestEnv {
             .expect("start stockflow")
     }
 
-    /// Runs `stockflow ARGS` to completion.
+    /// Runs `stockflow ARGS` to completion, failing the test (with the
+    /// command's stderr) if it has not ended within [`COMMAND_LIMIT`]: a
+    /// run that never ends fails the suite instead of hanging it.
     pub fn stockflow(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run stockflow")
+        let child = self
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run stockflow");
+        output_within(child, COMMAND_LIMIT)
     }
 
     /// Like [`stockflow`], asserting success; returns stdout.
@@ -202,20 +210,40 @@ impl Drop for TestEnv {
     }
 }
 
+/// The longest any one `stockflow` command of a test may take (the
+/// largest runs take well under a minute on two cores).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
 /// Waits for `child` (stdout and stderr piped) and fails the test if it
 /// has not ended within `limit`: a wait that never ends (an endless retry,
-/// a stalled end-of-input check) fails instead of hanging the suite.
+/// a stalled end-of-input check) fails instead of hanging the suite. The
+/// pipes are drained meanwhile, so a chatty child never blocks on them.
 pub fn output_within(mut child: std::process::Child, limit: Duration) -> Output {
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > deadline {
             child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!("still running after {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
+            child.wait().unwrap();
+            let err = stderr.join().unwrap();
+            panic!("still running after {limit:?}: {}", String::from_utf8_lossy(&err));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 /// A loopback port free right now (the OS picks it; tests running in
@@ -473,4 +501,39 @@ impl Drop for PrivateKafka {
         let _ = kafka_script(&["kill", self.dir.to_str().unwrap_or_default()]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `GET path` from the HTTP server at `addr` (HTTP/1.1, `Connection:
+/// close`, 10 s read timeout): the status code and the body. A plain
+/// socket, so that the test sees exactly what any client would.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap_or_else(|e| panic!("read GET {path}: {e}"));
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head: {out}"));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
 }

@@ -7,6 +7,7 @@ mod connect;
 mod migrate;
 mod operator;
 mod state;
+pub mod view;
 
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
 pub use commit::{CommitOutcome, StockAlert, StockLevel, batch_offsets, commit_epoch, raw_bytes, raw_text};
@@ -16,7 +17,7 @@ pub use operator::{
     Difference, RedriveCandidate, reconcile, record_redrives, redrive_candidates, stock_as_of,
 };
 pub use state::{
-    Reference, UnpublishedRow, applied_hashes, last_committed_epoch, last_logged, load_offsets,
-    load_recent_applied, load_reference, low_count, published_epoch, set_published_epoch, take_generation,
-    unpublished_alerts, unpublished_rows,
+    ProcessorStatus, Reference, UnpublishedRow, applied_hashes, last_committed_epoch, last_logged,
+    load_offsets, load_recent_applied, load_reference, low_count, published_epoch, set_published_epoch,
+    take_generation, unpublished_alerts, unpublished_rows, write_processor_status,
 };

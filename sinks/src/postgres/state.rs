@@ -280,3 +280,53 @@ pub async fn unpublished_alerts(
         .map_err(SinkError::pg("read unpublished alerts"))?;
     Ok(rows.iter().map(|r| StockAlert::from_row(r, 1)).collect())
 }
+
+/// What a running processor says about itself (table `processor_status`,
+/// read by the live view's pipeline health).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessorStatus {
+    /// The Timely process index.
+    pub process: i32,
+    /// When this `stockflow run` started.
+    pub started_at: DateTime<Utc>,
+    /// Worker threads in the process.
+    pub workers: i32,
+    /// Waiting for an unavailable Kafka.
+    pub waiting_kafka: bool,
+    /// Waiting for an unavailable PostgreSQL.
+    pub waiting_postgres: bool,
+    /// Messages behind the input partitions' ends.
+    pub consumer_lag_messages: i64,
+    /// Commit time minus the oldest Kafka timestamp of the last commit.
+    pub lag_seconds: f64,
+    /// The last committed epoch this process knows of.
+    pub last_committed_epoch: i64,
+}
+
+/// Upserts `status` with `updated_at = now()`.
+pub async fn write_processor_status(client: &Client, status: &ProcessorStatus) -> Result<(), SinkError> {
+    client
+        .execute(
+            "INSERT INTO processor_status (process, started_at, updated_at, workers, waiting_kafka, \
+               waiting_postgres, consumer_lag_messages, lag_seconds, last_committed_epoch) \
+             VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (process) DO UPDATE SET started_at = EXCLUDED.started_at, updated_at = now(), \
+               workers = EXCLUDED.workers, waiting_kafka = EXCLUDED.waiting_kafka, \
+               waiting_postgres = EXCLUDED.waiting_postgres, \
+               consumer_lag_messages = EXCLUDED.consumer_lag_messages, \
+               lag_seconds = EXCLUDED.lag_seconds, last_committed_epoch = EXCLUDED.last_committed_epoch",
+            &[
+                &status.process,
+                &status.started_at,
+                &status.workers,
+                &status.waiting_kafka,
+                &status.waiting_postgres,
+                &status.consumer_lag_messages,
+                &status.lag_seconds,
+                &status.last_committed_epoch,
+            ],
+        )
+        .await
+        .map_err(SinkError::pg("write the processor status"))?;
+    Ok(())
+}
