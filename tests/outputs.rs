@@ -100,7 +100,17 @@ async fn stock_alerts_follow_committed_crossings() {
     if into_slot > 500 {
         std::thread::sleep(Duration::from_millis(slot_ms as u64 - into_slot + 50));
     }
-    let out = env.stockflow(&["run", "--exit-when-idle", "1", "--epoch-ms", "5000", "--workers", "1"]);
+    // A background run, stopped once the three are committed, rather than
+    // `--exit-when-idle`: with 5 s epochs that run never saw its input here
+    // and in CI (an open bug, see the stop note), and this test is about
+    // alerts.
+    let first = env.spawn(&["run", "--epoch-ms", "5000", "--workers", "1"]);
+    let started = Instant::now();
+    while env.count("SELECT count(*) FROM events_log").await < 3 {
+        assert!(started.elapsed() < Duration::from_secs(60), "phase 1 was not committed within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = terminate(first);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let epochs =
         env.rows("SELECT event_id, epoch FROM events_log WHERE event_id IN ('a2', 'a3') ORDER BY 1").await;

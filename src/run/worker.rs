@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How often an idle worker asks the broker whether it has read to the end
+/// of its partitions (`--exit-when-idle`).
+const END_CHECK: Duration = Duration::from_millis(250);
+
 pub(super) fn run_worker(
     worker: &mut timely::worker::Worker,
     setup: WorkerSetup,
@@ -77,6 +81,7 @@ pub(super) fn run_worker(
     let mut idle_reads = 0u32;
     let mut input_failing = false;
     let mut last_lag_check = Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now);
+    let mut last_end_check = Instant::now();
     tracing::debug!(worker = index, partitions = my_partitions.len(), "worker started");
 
     loop {
@@ -160,11 +165,18 @@ pub(super) fn run_worker(
                 .get_or_create(&WorkerLabel { worker: index as u32 })
                 .set(intake.lag());
         }
+        // The end-of-input check asks the broker for every partition's end
+        // (one round trip each): at most every END_CHECK, not on every turn
+        // of a quiet loop.
         if let Some(idle) = args.exit_when_idle
             && intake.quiet_for() >= idle
             && (!args.commits_here || shared.committed_epoch.load(Ordering::Acquire) >= last_data_epoch)
             && !probe.less_than(&epoch)
-            && intake.at_end()
+            && last_end_check.elapsed() >= END_CHECK
+            && {
+                last_end_check = Instant::now();
+                intake.at_end()
+            }
         {
             tracing::info!(worker = index, "inputs idle: closing");
             break;

@@ -80,7 +80,9 @@ impl TestEnv {
             .env("DATABASE_URL", &self.database_url)
             .env("KAFKA_BROKERS", &self.brokers)
             .env("STOCKFLOW_TOPIC_PREFIX", &self.prefix)
-            .env("RUST_LOG", "warn");
+            // STOCKFLOW_TEST_LOG turns the commands' logging up when a test
+            // needs looking into (their stderr is in the failure message).
+            .env("RUST_LOG", std::env::var("STOCKFLOW_TEST_LOG").unwrap_or_else(|_| "warn".into()));
         c
     }
 
