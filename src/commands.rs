@@ -192,3 +192,20 @@ async fn produce(g: &GlobalArgs, args: &ProduceArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// Resolves on SIGTERM or Ctrl-C: the clean stop of the long-running
+/// commands (`run`, `serve`).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

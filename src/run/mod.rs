@@ -512,17 +512,7 @@ fn spawn_status_heartbeat(url: String, args: &RunArgs, shared: Arc<Shared>) {
 
 fn spawn_signal_handler(shared: Arc<Shared>) {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        crate::commands::shutdown_signal().await;
         tracing::info!("shutdown requested: finishing the open epochs");
         shared.shutdown.store(true, Ordering::SeqCst);
     });

@@ -127,7 +127,7 @@ pub async fn serve(g: &GlobalArgs, args: &ServeArgs) -> Result<()> {
     tracing::info!(addr = %local, "live view at http://{local}/");
     eprintln!("serve: live view at http://{local}/ (Ctrl-C stops)");
     let shutdown = async move {
-        shutdown_signal().await;
+        crate::commands::shutdown_signal().await;
         tracing::info!("live view: shutting down");
         let _ = stop.send(true);
     };
@@ -153,22 +153,6 @@ fn router(app: Shared) -> Router {
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Publishes each new newest row of `epochs` to the SSE clients. A failed
