@@ -14,13 +14,16 @@ FROM rust:1.95-bookworm AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # rdkafka is built with its `cmake-build` feature: librdkafka is compiled from
-# source here, which needs cmake and a C/C++ toolchain plus these headers.
+# source here, which needs cmake and a C/C++ toolchain plus the headers of
+# its `ssl` and `libz` features (OpenSSL, zlib; found with pkg-config).
+# Without rdkafka's `curl` and `gssapi` features, rdkafka-sys builds it
+# WITH_CURL=0 and WITH_SASL=0: no libcurl or Cyrus SASL headers.
 # Package versions come with the pinned Debian release; not pinned one by one.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         cmake g++ make pkg-config \
-        libcurl4-openssl-dev libssl-dev zlib1g-dev \
+        libssl-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build
@@ -57,10 +60,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # --- runtime ------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
 
+# Only what the binary links beyond the base image (libc6, libgcc-s1 and
+# zlib1g are in it): libssl3 (libssl, libcrypto). ca-certificates: the TLS
+# trust store for Kafka SSL and PostgreSQL TLS. scripts/check_runtime_deps.py
+# checks this list against the binary's NEEDED libraries.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        ca-certificates libcurl4 libssl3 \
+        ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 stockflow \
     && useradd --system --uid 10001 --gid stockflow \

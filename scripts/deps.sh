@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages stockflow needs to build, test and run
-# locally, when missing: a C toolchain, cmake + libcurl + libssl (the bundled
-# librdkafka, with TLS and SASL/SCRAM; mimalloc), the openssl command (the
+# locally, when missing: a C toolchain, cmake + libssl (the bundled
+# librdkafka, with TLS and SASL/SCRAM, built without libcurl; mimalloc), the openssl command (the
 # SASL_SSL test makes its CA with it), PostgreSQL (server and client), python3-venv (Airflow, compose check),
 # Java 17+ with Maven for Apache Kafka (scripts/kafka.sh assembles the
 # broker from Maven Central), unless java and mvn are already on the PATH;
@@ -12,7 +12,7 @@
 # Idempotent and quick when everything is there. Uses sudo when not root.
 set -euo pipefail
 need=()
-for pkg in build-essential cmake libcurl4-openssl-dev libssl-dev openssl pkg-config zlib1g-dev postgresql postgresql-client python3-venv chromium prometheus; do
+for pkg in build-essential cmake libssl-dev openssl pkg-config zlib1g-dev postgresql postgresql-client python3-venv chromium prometheus; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
