@@ -28,13 +28,24 @@ pub struct GlobalArgs {
     )]
     pub database_url: String,
 
+    /// A file whose first line is the PostgreSQL connection URL, so that a
+    /// password need not sit in the environment or on the command line
+    /// (process titles are public); wins over --database-url/DATABASE_URL.
+    #[arg(long, global = true, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+
     /// Kafka bootstrap servers, comma-separated.
     #[arg(long, global = true, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
 
     /// Extra librdkafka settings, KEY=VALUE, repeatable (e.g. security.protocol=SASL_SSL).
-    #[arg(long = "kafka-option", global = true, env = "STOCKFLOW_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    #[arg(long = "kafka-option", global = true, env = "STOCKFLOW_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value, hide_env_values = true)]
     pub kafka_options: Vec<(String, String)>,
+
+    /// A file of librdkafka settings, KEY=VALUE per line (blank lines and
+    /// `#` comments skipped), e.g. `sasl.password`; --kafka-option wins over it.
+    #[arg(long, global = true, env = "STOCKFLOW_KAFKA_OPTIONS_FILE")]
+    pub kafka_options_file: Option<PathBuf>,
 
     /// Prefix for all six topic names (isolates test and benchmark runs; empty in production).
     #[arg(long, global = true, env = "STOCKFLOW_TOPIC_PREFIX", default_value = "")]
@@ -65,10 +76,49 @@ pub enum OutputsMode {
     AtLeastOnce,
 }
 
+/// One `KEY=VALUE` setting. The error never repeats the text: it may be a
+/// password typed with the wrong separator.
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+        Some(_) => Err("expected KEY=VALUE, got an empty KEY".into()),
+        None => Err(format!("expected KEY=VALUE, got {} characters without '='", s.chars().count())),
+    }
+}
+
+impl GlobalArgs {
+    /// Reads `--database-url-file` and `--kafka-options-file`, when given,
+    /// into `database_url` and `kafka_options` (the file's settings first,
+    /// so that `--kafka-option` wins). Errors name the file, never its
+    /// content.
+    pub fn read_secret_files(&mut self) -> Result<(), String> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+        };
+        if let Some(path) = &self.database_url_file {
+            let text = read(path, "--database-url-file")?;
+            let url = text.lines().next().map(str::trim).unwrap_or_default();
+            if url.is_empty() {
+                return Err(format!("--database-url-file {} is empty", path.display()));
+            }
+            self.database_url = url.to_string();
+        }
+        if let Some(path) = &self.kafka_options_file {
+            let text = read(path, "--kafka-options-file")?;
+            let mut from_file = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let kv = parse_key_value(line)
+                    .map_err(|e| format!("--kafka-options-file {} line {}: {e}", path.display(), n + 1))?;
+                from_file.push(kv);
+            }
+            from_file.append(&mut self.kafka_options);
+            self.kafka_options = from_file;
+        }
+        Ok(())
     }
 }
 

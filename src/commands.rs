@@ -81,7 +81,7 @@ const KAFKA_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
 pub async fn reach_kafka(config: &ClientConfig) -> Result<()> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
-        crate::kafka::reach(&config, crate::kafka::Patience::Fail(KAFKA_PATIENCE), None)
+        crate::kafka::reach(&config, crate::kafka::Patience::Fail(KAFKA_PATIENCE), None, None)
     })
     .await
     .context("Kafka check")?
@@ -208,4 +208,18 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Sleeps for `d`, or less once `stop` is set (checked every 50 ms): a
+/// wait during an outage never holds up a requested stop.
+pub fn sleep_unless(d: Duration, stop: Option<&std::sync::atomic::AtomicBool>) {
+    let Some(stop) = stop else { return std::thread::sleep(d) };
+    let until = std::time::Instant::now() + d;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
 }

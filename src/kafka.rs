@@ -11,6 +11,7 @@
 //! one-shot commands).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -19,6 +20,8 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+
+use sinks::Failure;
 
 use crate::metrics::{Metrics, WhatLabel};
 
@@ -31,25 +34,10 @@ pub enum Patience {
     Wait,
 }
 
-/// Whether an error from librdkafka means "this will not work by waiting":
-/// credentials, certificates, permissions, configuration.
-pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
-    use RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::Authentication
-            | C::SaslAuthenticationFailed
-            | C::UnsupportedSASLMechanism
-            | C::IllegalSASLState
-            | C::SSL
-            | C::TopicAuthorizationFailed
-            | C::GroupAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::TransactionalIdAuthorizationFailed
-            | C::DelegationTokenAuthorizationFailed
-            | C::InvalidConfig
-            | C::Fatal
-    )
+/// Whether an error code from librdkafka means "this will not work by
+/// waiting" (the one classification: [`sinks::error::kafka_code_failure`]).
+fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    sinks::error::kafka_code_failure(code) == Failure::Permanent
 }
 
 /// Keeps the first permanent error the client reports in the background.
@@ -71,8 +59,14 @@ impl ClientContext for Refusal {
 impl ConsumerContext for Refusal {}
 
 /// Asks `config`'s brokers for metadata until they answer. Fails with one
-/// line when they refuse this client, or when `patience` runs out.
-pub fn reach(config: &ClientConfig, patience: Patience, metrics: Option<&Metrics>) -> Result<()> {
+/// line when they refuse this client, or when `patience` runs out; gives
+/// up with [`sinks::SinkError::Interrupted`] once `stop` is set.
+pub fn reach(
+    config: &ClientConfig,
+    patience: Patience,
+    metrics: Option<&Metrics>,
+    stop: Option<&AtomicBool>,
+) -> Result<()> {
     let brokers = config.get("bootstrap.servers").unwrap_or("?").to_string();
     let consumer: BaseConsumer<Refusal> = config
         .create_with_context(Refusal::default())
@@ -124,7 +118,11 @@ pub fn reach(config: &ClientConfig, patience: Patience, metrics: Option<&Metrics
                     set_waiting(true);
                     tracing::warn!(brokers, error = %e, "waiting for Kafka: the brokers do not answer yet");
                 }
-                std::thread::sleep(wait);
+                crate::commands::sleep_unless(wait, stop);
+                if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    set_waiting(false);
+                    return Err(sinks::SinkError::Interrupted("Kafka").into());
+                }
                 wait = (wait * 2).min(Duration::from_secs(2));
             }
         }
@@ -151,7 +149,7 @@ mod tests {
         // A port nobody listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
         config.set("bootstrap.servers", format!("127.0.0.1:{}", port.unwrap_or(9)));
-        let err = reach(&config, Patience::Fail(Duration::from_secs(2)), None).unwrap_err().to_string();
+        let err = reach(&config, Patience::Fail(Duration::from_secs(2)), None, None).unwrap_err().to_string();
         assert!(err.starts_with("cannot reach Kafka at 127.0.0.1:"), "{err}");
     }
 }

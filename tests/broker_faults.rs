@@ -12,21 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::{PrivateKafka, TestEnv, free_port, reference};
 
-/// The value of `stockflow_waiting{what="kafka"}` on the processor's
-/// metrics endpoint, if it answers.
-fn waiting_on_kafka(addr: &str) -> Option<i64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find(|l| l.starts_with("stockflow_waiting{") && l.contains("what=\"kafka\""))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn broker_killed_mid_run_loses_nothing() {
     let kafka = PrivateKafka::start();
@@ -59,7 +44,7 @@ async fn broker_killed_mid_run_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen_waiting = false;
     while Instant::now() < deadline && !seen_waiting {
-        seen_waiting = waiting_on_kafka(&metrics) == Some(1);
+        seen_waiting = common::waiting_on(&metrics, "kafka") == Some(1);
         std::thread::sleep(Duration::from_millis(200));
     }
     kafka.restart();

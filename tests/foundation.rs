@@ -355,6 +355,13 @@ fn bad_input_gives_one_line_errors() {
     );
     assert_one_line_failure(&["migrate", "--database-url", "not a url"], &[], "PostgreSQL");
     assert_one_line_failure(&["topics"], &[("KAFKA_BROKERS", "127.0.0.1:1")], "cannot reach Kafka");
+    // A long-running processor too: an unreachable database at start is a
+    // wrong setting, not an outage to wait for.
+    assert_one_line_failure(
+        &["run", "--exit-when-idle", "1"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")],
+        "cannot connect to PostgreSQL",
+    );
     assert_one_line_failure(
         &["produce", "--count", "1"],
         &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")],

@@ -25,8 +25,20 @@ use chrono::{DateTime, Duration, Utc};
 
 /// Looks up applied event ids older than the horizon.
 pub trait AppliedLookup {
-    /// For each of `ids` that was applied, its content fingerprint.
-    fn applied(&mut self, ids: &[String]) -> HashMap<String, u128>;
+    /// For each of `ids` that was applied, its content fingerprint. An
+    /// error holds the epoch back: it is never decided without the answer.
+    fn applied(&mut self, ids: &[String]) -> Result<HashMap<String, u128>, LookupError>;
+}
+
+/// Why a lookup has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The process is stopping and the store was away: nothing is wrong.
+    #[error("stopped while waiting for the applied-id store")]
+    Interrupted,
+    /// The store refused (a broken schema, no privilege, ...).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A lookup that knows nothing (in-memory runs and benchmarks).
@@ -34,8 +46,8 @@ pub trait AppliedLookup {
 pub struct NoLookup;
 
 impl AppliedLookup for NoLookup {
-    fn applied(&mut self, _ids: &[String]) -> HashMap<String, u128> {
-        HashMap::new()
+    fn applied(&mut self, _ids: &[String]) -> Result<HashMap<String, u128>, LookupError> {
+        Ok(HashMap::new())
     }
 }
 

@@ -47,7 +47,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
 
-use crate::dedup::{AppliedLookup, DedupState, IdKey, Seen, id_key};
+use crate::dedup::{AppliedLookup, DedupState, IdKey, LookupError, Seen, id_key};
 use crate::model::{ErrorCode, Rejection};
 use crate::records::{
     Decoded, Epoch, EpochBatch, Outcome, RawMessage, RefUpdate, SalesDelta, SalesKey, SinkRecord,
@@ -81,6 +81,16 @@ pub struct GraphStats {
     pub dedup_late: AtomicU64,
     /// Look-ups of ids older than the horizon.
     pub dedup_lookups: AtomicU64,
+    /// Why `Validate` holds an epoch back (a lookup failed): the driver
+    /// reads it and stops; the epoch is never emitted half-decided.
+    pub failure: std::sync::Mutex<Option<LookupError>>,
+}
+
+impl GraphStats {
+    /// The failure `Validate` reported, if any.
+    pub fn failure(&self) -> Option<LookupError> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
 }
 
 /// Product or supplier ids (a fast hasher: looked up once per event).
@@ -243,8 +253,20 @@ fn validate<'scope>(
                     batch.sort_by_key(|d| d.msg.position());
                     let committed = committed_epoch.load(Ordering::Acquire);
                     dedup.committed(committed);
-                    let outcomes =
-                        decide_epoch(t, batch, &products, &suppliers, &mut dedup, lookup.as_mut(), &stats);
+                    let from_db = match look_up_old_ids(&batch, &dedup, lookup.as_mut(), &stats) {
+                        Ok(from_db) => from_db,
+                        Err(e) => {
+                            // Keep the epoch (and its capability, so the
+                            // frontier stays before it) and stop deciding:
+                            // the driver sees the failure and ends the run.
+                            pending.insert(t, (cap, batch));
+                            if let Ok(mut f) = stats.failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                            break;
+                        }
+                    };
+                    let outcomes = decide_epoch(t, batch, &products, &suppliers, &mut dedup, from_db);
                     dedup.evict(committed);
                     stats.dedup_ids.store(dedup.len() as u64, Ordering::Relaxed);
                     stats.dedup_late.store(dedup.late_len() as u64, Ordering::Relaxed);
@@ -255,17 +277,14 @@ fn validate<'scope>(
     )
 }
 
-/// Decides every message of one epoch, in position order.
-fn decide_epoch(
-    epoch: Epoch,
-    batch: Vec<Decoded>,
-    products: &NameSet,
-    suppliers: &NameSet,
-    dedup: &mut DedupState,
+/// The epoch's ids older than the dedup horizon, looked up in one batch:
+/// the fingerprint of each that was applied.
+fn look_up_old_ids(
+    batch: &[Decoded],
+    dedup: &DedupState,
     lookup: &mut dyn AppliedLookup,
     stats: &GraphStats,
-) -> Vec<Validated> {
-    // Ids older than the horizon are looked up in one batch first.
+) -> Result<HashMap<String, u128>, LookupError> {
     let old_ids: Vec<String> = batch
         .iter()
         .filter_map(|d| d.result.as_ref().ok())
@@ -274,12 +293,23 @@ fn decide_epoch(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let from_db: HashMap<String, u128> = if old_ids.is_empty() {
-        HashMap::new()
-    } else {
-        stats.dedup_lookups.fetch_add(1, Ordering::Relaxed);
-        lookup.applied(&old_ids)
-    };
+    if old_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    stats.dedup_lookups.fetch_add(1, Ordering::Relaxed);
+    lookup.applied(&old_ids)
+}
+
+/// Decides every message of one epoch, in position order (`from_db`: the
+/// answer of [`look_up_old_ids`]).
+fn decide_epoch(
+    epoch: Epoch,
+    batch: Vec<Decoded>,
+    products: &NameSet,
+    suppliers: &NameSet,
+    dedup: &mut DedupState,
+    from_db: HashMap<String, u128>,
+) -> Vec<Validated> {
     let mut out = Vec::with_capacity(batch.len());
     // The combiner: per product, its net stock change and its sales rows
     // ((hour, source) -> (units, cents, orders); a handful per epoch). One

@@ -1,6 +1,105 @@
-//! Sink errors, classified once as retriable or permanent.
+//! Failures, classified once: transient (waiting and trying again can
+//! help: retried with backoff) or permanent (a one-line error and a
+//! non-zero exit). Every retry loop in stockflow asks [`SinkError::failure`],
+//! [`kafka_failure`] or [`postgres_failure`], and nothing else.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use tokio_postgres::error::SqlState;
+
+/// Whether waiting can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The dependency is away or busy (down, restarting, unreachable, out of
+    /// space, a lost race): wait and try again.
+    Transient,
+    /// Waiting will not help (credentials, permissions, a missing table or
+    /// topic, a broken constraint, a bad configuration): stop and say why.
+    Permanent,
+}
+
+/// Classifies a librdkafka error code.
+///
+/// Permanent: credentials, TLS, authorization (ACLs), configuration, a
+/// message the broker will never take, a topic the client cannot find in
+/// the cluster's metadata, and librdkafka's own fatal errors. Everything
+/// else (brokers down or unreachable, timeouts, leader elections, a broker
+/// that does not know a partition *yet*) is transient: librdkafka itself
+/// reconnects and retries those.
+pub fn kafka_code_failure(code: RDKafkaErrorCode) -> Failure {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState
+        | C::SSL
+        | C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::DelegationTokenAuthorizationFailed
+        | C::InvalidConfig
+        | C::InvalidArgument
+        | C::MessageSizeTooLarge
+        | C::UnknownTopic
+        | C::Fatal => Failure::Permanent,
+        _ => Failure::Transient,
+    }
+}
+
+/// Classifies a Kafka client error: a fatal transactional error is
+/// permanent; otherwise its code decides ([`kafka_code_failure`]); an
+/// error without a code (a client-side timeout, a cancelled call) is
+/// transient.
+pub fn kafka_failure(e: &KafkaError) -> Failure {
+    if let KafkaError::Transaction(rd) = e
+        && rd.is_fatal()
+    {
+        return Failure::Permanent;
+    }
+    e.rdkafka_error_code().map_or(Failure::Transient, kafka_code_failure)
+}
+
+/// Classifies a PostgreSQL error by its SQLSTATE.
+///
+/// Transient: no SQLSTATE (an I/O error, a closed or refused connection),
+/// connection exceptions (class 08), the server shutting down, starting up
+/// or out of connections, out of disk space, memory or other resources
+/// (class 53), serialization failures and deadlocks (another writer won a
+/// race; the whole transaction is redone), a lock not available, a
+/// cancelled statement, a read-only server (a standby during a failover),
+/// and system I/O errors (class 58). Everything else is permanent: a wrong
+/// password or user (class 28), a missing database (3D000), no privilege
+/// (42501), a missing table or column, a broken constraint, a syntax error:
+/// a bug or a broken setup that retrying would only repeat.
+pub fn postgres_failure(e: &tokio_postgres::Error) -> Failure {
+    sqlstate_failure(e.code())
+}
+
+/// [`postgres_failure`] by the SQLSTATE alone (`None`: the error has none).
+pub fn sqlstate_failure(code: Option<&SqlState>) -> Failure {
+    let Some(code) = code else { return Failure::Transient };
+    let transient = [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+    ];
+    let class = &code.code()[..2];
+    if transient.contains(code) || matches!(class, "08" | "53" | "58") {
+        Failure::Transient
+    } else {
+        Failure::Permanent
+    }
+}
 
 /// What went wrong in a sink.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +147,29 @@ pub enum SinkError {
     /// the newer one's).
     #[error("{0}")]
     Fenced(String),
+    /// The process was asked to stop while it waited for `0` (a signal
+    /// during an outage). Nothing was lost: what was not committed is read
+    /// again on the next start.
+    #[error("stopped while waiting for {0}")]
+    Interrupted(&'static str),
+}
+
+/// What a call that may wait on a dependency needs from its caller.
+#[derive(Clone, Copy)]
+pub struct Wait<'a> {
+    /// Told `true` when the call starts waiting (the `waiting` metric),
+    /// `false` when the dependency answers again.
+    pub waiting: &'a dyn Fn(bool),
+    /// Set when the process is stopping: the call stops waiting and returns
+    /// [`SinkError::Interrupted`].
+    pub stop: &'a AtomicBool,
+}
+
+impl Wait<'_> {
+    /// Whether the process is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
 }
 
 /// An error and its causes on one line: `a: b: c`, without repeats.
@@ -71,37 +193,106 @@ impl SinkError {
         move |cause| SinkError::Postgres { context, cause }
     }
 
-    /// Whether waiting and trying again can help.
-    ///
-    /// Retriable: the connection is gone or cannot be made (server down or
-    /// restarting), the server is shutting down or out of connections,
-    /// serialization failures and deadlocks (another writer won a race; the
-    /// whole transaction is redone). Everything else (constraint violations,
-    /// syntax errors, a missing table) is a bug or a broken schema, and
-    /// retrying would only repeat it.
-    pub fn is_retriable(&self) -> bool {
-        use tokio_postgres::error::SqlState;
+    /// Whether waiting and trying again can help (see [`Failure`]).
+    pub fn failure(&self) -> Failure {
         match self {
-            SinkError::Connect { .. } | SinkError::ConnectTimeout { .. } => true,
-            SinkError::Postgres { cause, .. } => match cause.code() {
-                None => true, // I/O error, closed connection
-                Some(code) => {
-                    *code == SqlState::T_R_SERIALIZATION_FAILURE
-                        || *code == SqlState::T_R_DEADLOCK_DETECTED
-                        || *code == SqlState::ADMIN_SHUTDOWN
-                        || *code == SqlState::CRASH_SHUTDOWN
-                        || *code == SqlState::CANNOT_CONNECT_NOW
-                        || *code == SqlState::TOO_MANY_CONNECTIONS
-                        || code.code().starts_with("08") // connection exceptions
-                }
-            },
-            SinkError::Kafka { cause: rdkafka::error::KafkaError::Transaction(e), .. } => !e.is_fatal(),
-            SinkError::Kafka { cause, .. } => !matches!(
-                cause.rdkafka_error_code(),
-                Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
-                    | Some(rdkafka::types::RDKafkaErrorCode::InvalidConfig)
-            ),
-            SinkError::Migration(_) | SinkError::Inconsistent(_) | SinkError::Fenced(_) => false,
+            SinkError::Connect { cause, .. } | SinkError::Postgres { cause, .. } => postgres_failure(cause),
+            SinkError::ConnectTimeout { .. } => Failure::Transient,
+            SinkError::Kafka { cause, .. } => kafka_failure(cause),
+            SinkError::Migration(_)
+            | SinkError::Inconsistent(_)
+            | SinkError::Fenced(_)
+            | SinkError::Interrupted(_) => Failure::Permanent,
         }
+    }
+
+    /// Shorthand for `failure() == Failure::Transient`.
+    pub fn is_retriable(&self) -> bool {
+        self.failure() == Failure::Transient
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_credentials_acls_and_missing_topics_are_permanent_outages_are_not() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::Authentication,
+            C::SaslAuthenticationFailed,
+            C::SSL,
+            C::TopicAuthorizationFailed,
+            C::GroupAuthorizationFailed,
+            C::TransactionalIdAuthorizationFailed,
+            C::UnknownTopic,
+            C::MessageSizeTooLarge,
+            C::InvalidConfig,
+        ] {
+            assert_eq!(kafka_code_failure(code), Failure::Permanent, "{code:?}");
+        }
+        for code in [
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::OperationTimedOut,
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::CoordinatorNotAvailable,
+            C::NotCoordinator,
+            C::UnknownTopicOrPartition,
+            C::QueueFull,
+        ] {
+            assert_eq!(kafka_code_failure(code), Failure::Transient, "{code:?}");
+        }
+        let timeout = KafkaError::MetadataFetch(C::OperationTimedOut);
+        assert_eq!(kafka_failure(&timeout), Failure::Transient);
+        let refused = KafkaError::MetadataFetch(C::SaslAuthenticationFailed);
+        assert_eq!(kafka_failure(&refused), Failure::Permanent);
+        assert_eq!(kafka_failure(&KafkaError::Canceled), Failure::Transient);
+    }
+
+    #[test]
+    fn postgres_outages_and_races_are_transient_broken_setups_are_not() {
+        for code in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::IO_ERROR,
+        ] {
+            assert_eq!(sqlstate_failure(Some(&code)), Failure::Transient, "{code:?}");
+        }
+        assert_eq!(sqlstate_failure(None), Failure::Transient);
+        for code in [
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::UNDEFINED_COLUMN,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::CHECK_VIOLATION,
+            SqlState::SYNTAX_ERROR,
+        ] {
+            assert_eq!(sqlstate_failure(Some(&code)), Failure::Permanent, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn only_stopping_processes_interrupt_a_wait() {
+        let stop = AtomicBool::new(false);
+        let wait = Wait { waiting: &|_| {}, stop: &stop };
+        assert!(!wait.stopping());
+        stop.store(true, Ordering::Relaxed);
+        assert!(wait.stopping());
+        assert!(!SinkError::Interrupted("Kafka").is_retriable());
+        assert_eq!(SinkError::Interrupted("Kafka").to_string(), "stopped while waiting for Kafka");
     }
 }

@@ -11,4 +11,4 @@ pub mod error;
 pub mod kafka;
 pub mod postgres;
 
-pub use error::SinkError;
+pub use error::{Failure, SinkError, Wait};

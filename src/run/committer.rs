@@ -1,6 +1,8 @@
 //! The committer thread: seals and merges epoch batches, commits each in
 //! one transaction, then hands the output messages to the publisher thread.
 
+use std::sync::mpsc::TrySendError;
+
 use super::*;
 
 /// What the committer hands the publisher: the messages of the commits up
@@ -44,7 +46,7 @@ fn committer_loop(
     url: &str,
     outputs: sinks::kafka::Outputs,
     topics: &TopicNames,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     handle: &Handle,
     published: &mut u64,
     generation: i64,
@@ -57,6 +59,7 @@ fn committer_loop(
     let publisher = {
         let acknowledged = acknowledged.clone();
         let metrics = metrics.clone();
+        let shared = shared.clone();
         let (handle, url) = (handle.clone(), url.to_string());
         let mut client: Option<tokio_postgres::Client> = None;
         std::thread::Builder::new().name("publisher".into()).spawn(move || -> Result<(), SinkError> {
@@ -72,8 +75,9 @@ fn committer_loop(
                     merge_offsets(&mut p.offsets, next.offsets);
                 }
                 let waiting = kafka_waiting(&metrics);
-                retry_blocking(&metrics, "kafka", None, || {
-                    outputs.publish(&p.messages, &p.offsets, p.epoch, &waiting)
+                let wait = sinks::Wait { waiting: &waiting, stop: &shared.shutdown };
+                retry_blocking(&metrics, "kafka", &shared.shutdown, || {
+                    outputs.publish(&p.messages, &p.offsets, p.epoch, wait)
                 })?;
                 acknowledged.fetch_max(p.epoch, Ordering::AcqRel);
                 // The next commit records the acknowledged epoch too; doing
@@ -102,14 +106,64 @@ fn committer_loop(
     };
     let result = commit_epochs(rx, topics, shared, handle, url, &acknowledged, &out_tx, generation);
     drop(out_tx);
-    let published_ok = publisher.join().map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
+    let published_ok = join_publisher(publisher, &shared.shutdown)?;
     result?;
     published_ok?;
     *published = acknowledged.load(Ordering::Acquire);
     // Everything sent so far is acknowledged: say so, so a restart does not re-send it.
-    let mut db = BlockingClient { handle: handle.clone(), url: url.to_string(), client: None, metrics };
+    let mut db = BlockingClient::new(handle.clone(), url.to_string(), shared.clone());
     db.with("postgres", |h, c| h.block_on(postgres::set_published_epoch(c, *published)))?;
     Ok(())
+}
+
+/// How long a stopping process waits for the publisher to end by itself.
+const PUBLISHER_GRACE: Duration = Duration::from_secs(3);
+
+/// Hands a publication to the publisher, waiting while its queue is full,
+/// unless the process stops meanwhile: then the publication is dropped, and
+/// the next start re-sends it from the database (its commit is recorded as
+/// not yet published).
+fn hand_over(out_tx: &SyncSender<Publication>, mut p: Publication, stop: &AtomicBool) -> Result<()> {
+    loop {
+        match out_tx.try_send(p) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(_)) => bail!("the publisher thread stopped"),
+            Err(TrySendError::Full(back)) => {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(SinkError::Interrupted("Kafka").into());
+                }
+                p = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Waits for the publisher to end. Once the process is stopping, it gets
+/// [`PUBLISHER_GRACE`]: a librdkafka transactional call can block well past
+/// its own timeout while the broker is away (`send_offsets_to_transaction`
+/// waits for the group coordinator), and a stop must not wait for the
+/// broker. Such a thread is left behind and the process exits around it;
+/// its open transaction is aborted by the next start's producer (same
+/// `transactional.id`), which re-sends everything Kafka does not hold.
+fn join_publisher(
+    publisher: std::thread::JoinHandle<Result<(), SinkError>>,
+    stop: &AtomicBool,
+) -> Result<Result<(), SinkError>> {
+    let mut stopping_since: Option<Instant> = None;
+    while !publisher.is_finished() {
+        if stop.load(Ordering::Relaxed) {
+            let since = *stopping_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PUBLISHER_GRACE {
+                tracing::warn!(
+                    "the output producer is still blocked in a Kafka call; leaving it (the next start aborts its transaction and re-sends)"
+                );
+                return Ok(Err(SinkError::Interrupted("Kafka")));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    publisher.join().map_err(|_| anyhow::anyhow!("publisher thread panicked"))
 }
 
 /// Offsets of a later commit replace an earlier one's, partition by partition.
@@ -129,7 +183,7 @@ const MAX_GROUP_MESSAGES: usize = 50_000;
 fn commit_epochs(
     rx: Receiver<EpochBatch>,
     topics: &TopicNames,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     handle: &Handle,
     url: &str,
     acknowledged: &AtomicU64,
@@ -137,12 +191,7 @@ fn commit_epochs(
     generation: i64,
 ) -> Result<()> {
     let metrics = shared.metrics.clone();
-    let mut db = BlockingClient {
-        handle: handle.clone(),
-        url: url.to_string(),
-        client: None,
-        metrics: metrics.clone(),
-    };
+    let mut db = BlockingClient::new(handle.clone(), url.to_string(), shared.clone());
     let mut low_products = db.with("postgres", |h, c| h.block_on(postgres::low_count(c)))?;
     metrics.low_stock_products.set(low_products);
     for mut batch in rx.iter() {
@@ -194,9 +243,7 @@ fn commit_epochs(
                 Publication { epoch: batch.epoch, messages, offsets: postgres::batch_offsets(topics, &batch) }
             }
         };
-        if out_tx.send(publication).is_err() {
-            bail!("the publisher thread stopped");
-        }
+        hand_over(out_tx, publication, &shared.shutdown)?;
         shared.committed_epoch.store(batch.epoch, Ordering::Release);
         let elapsed = started.elapsed();
         let counts = batch.counts();

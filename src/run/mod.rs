@@ -30,7 +30,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use dataflow::dedup::AppliedLookup;
+use dataflow::dedup::{AppliedLookup, LookupError};
 use dataflow::graph::{self, GraphConfig, GraphStats};
 use dataflow::records::{EpochBatch, Outcome, RefUpdate, route_event_id};
 use dataflow::{EventKind, TopicNames};
@@ -94,22 +94,28 @@ fn now_slot(epoch_ms: u64) -> u64 {
     ms / epoch_ms * epoch_ms
 }
 
-/// Retries `f` with exponential backoff (100 ms .. 10 s) while its error is
-/// retriable, counting each wait; the first failure of an outage is logged
-/// ("waiting for ..."), the later ones only at debug level, and the end of
-/// the outage once. Permanent errors return.
+/// Retries `f` while its error is transient ([`sinks::Failure`]), with
+/// jittered exponential backoff (100 ms doubling to 10 s, each delay plus a
+/// random part of itself, from `backon`), counting each wait; the first
+/// failure of an outage is logged ("waiting for ..."), the later ones only
+/// at debug level, and the end of the outage once. Permanent errors return
+/// at once; once `stop` is set (a signal), a transient one returns as
+/// [`SinkError::Interrupted`] within 50 ms of the signal or of the attempt
+/// under way.
 fn retry_blocking<T>(
     metrics: &Metrics,
     what: &'static str,
-    shutdown: Option<&AtomicBool>,
+    stop: &AtomicBool,
     mut f: impl FnMut() -> Result<T, SinkError>,
 ) -> Result<T, SinkError> {
-    let mut wait = Duration::from_millis(100);
+    use backon::BackoffBuilder;
+    let mut delays = backoff().build();
     let mut since: Option<Instant> = None;
+    let waiting = |on: bool| metrics.waiting.get_or_create(&WhatLabel { what }).set(i64::from(on));
     loop {
         match f() {
             Ok(v) => {
-                metrics.waiting.get_or_create(&WhatLabel { what }).set(0);
+                waiting(false);
                 if let Some(s) = since {
                     tracing::info!(
                         what,
@@ -121,27 +127,42 @@ fn retry_blocking<T>(
                 return Ok(v);
             }
             Err(e) if e.is_retriable() => {
-                if shutdown.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                    return Err(e);
+                if stop.load(Ordering::Relaxed) {
+                    waiting(false);
+                    return Err(SinkError::Interrupted(display_name(what)));
                 }
+                let wait = delays.next().unwrap_or(Duration::from_secs(10));
                 metrics.retries.get_or_create(&WhatLabel { what }).inc();
-                metrics.waiting.get_or_create(&WhatLabel { what }).set(1);
+                waiting(true);
                 if since.is_none() {
                     since = Some(Instant::now());
                     tracing::warn!(error = %e, what, "waiting for {}: unavailable; retrying with backoff", display_name(what));
                 } else {
                     tracing::debug!(error = %e, retry_in_ms = wait.as_millis() as u64, what, "still unavailable; retrying");
                 }
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_secs(10));
+                crate::commands::sleep_unless(wait, Some(stop));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                waiting(false);
+                return Err(e);
+            }
         }
     }
 }
 
+/// The backoff of every wait for a dependency: 100 ms doubling to 10 s,
+/// each delay plus a random part of itself, without end (a stop or a
+/// permanent error ends a wait, not a count).
+fn backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+}
+
 /// How a dependency is named in log lines.
-fn display_name(what: &str) -> &str {
+fn display_name(what: &'static str) -> &'static str {
     match what {
         "kafka" => "Kafka",
         "postgres" => "PostgreSQL",
@@ -149,7 +170,7 @@ fn display_name(what: &str) -> &str {
     }
 }
 
-/// The `waiting` callback of [`sinks::kafka::OutputProducer::publish`]:
+/// The `waiting` callback of the Kafka output calls ([`sinks::Wait`]):
 /// sets `stockflow_waiting{what="kafka"}`.
 fn kafka_waiting(metrics: &Metrics) -> impl Fn(bool) + '_ {
     move |on| {
@@ -162,22 +183,26 @@ struct BlockingClient {
     handle: Handle,
     url: String,
     client: Option<tokio_postgres::Client>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
 }
 
 impl BlockingClient {
+    fn new(handle: Handle, url: String, shared: Arc<Shared>) -> Self {
+        BlockingClient { handle, url, client: None, shared }
+    }
+
     /// Runs `f` with a live connection, reconnecting and retrying while the
-    /// error is retriable.
+    /// error is transient and the process is not stopping.
     fn with<T>(
         &mut self,
         what: &'static str,
         mut f: impl FnMut(&Handle, &mut tokio_postgres::Client) -> Result<T, SinkError>,
     ) -> Result<T, SinkError> {
-        let metrics = self.metrics.clone();
+        let shared = self.shared.clone();
         let handle = self.handle.clone();
         let url = self.url.clone();
         let slot = &mut self.client;
-        retry_blocking(&metrics, what, None, || {
+        retry_blocking(&shared.metrics, what, &shared.shutdown, || {
             if slot.as_ref().is_none_or(|c| c.is_closed()) {
                 *slot = Some(handle.block_on(postgres::connect(&url))?);
             }
@@ -191,23 +216,41 @@ impl BlockingClient {
     }
 }
 
-/// Looks up applied ids older than the dedup horizon in `events_log`.
+/// Looks up applied ids older than the dedup horizon in `events_log`. An
+/// error (a broken schema, or a stop during an outage) goes back to the
+/// dataflow, which holds the epoch back and reports it to the worker loop.
 struct PgLookup(BlockingClient);
 
 impl AppliedLookup for PgLookup {
-    fn applied(&mut self, ids: &[String]) -> HashMap<String, u128> {
-        match self.0.with("postgres", |h, c| h.block_on(postgres::applied_hashes(c, ids))) {
-            Ok(m) => m,
-            Err(e) => {
-                // A permanent error here means a broken schema: stop rather than guess.
-                tracing::error!(error = %e, "cannot look up applied event ids");
-                std::process::exit(1);
-            }
-        }
+    fn applied(&mut self, ids: &[String]) -> Result<HashMap<String, u128>, LookupError> {
+        self.0.with("postgres", |h, c| h.block_on(postgres::applied_hashes(c, ids))).map_err(|e| match e {
+            SinkError::Interrupted(_) => LookupError::Interrupted,
+            e => LookupError::Failed(format!("cannot look up applied event ids: {e}")),
+        })
     }
 }
 
+/// `stockflow run`. A stop requested while PostgreSQL or Kafka is away
+/// ends it cleanly ([`SinkError::Interrupted`]): what was not committed is
+/// read again on the next start.
 pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: TopicNames) -> Result<()> {
+    match run_until_stopped(g, args, kafka, topics).await {
+        Err(e) if matches!(e.downcast_ref::<SinkError>(), Some(SinkError::Interrupted(_))) => {
+            tracing::warn!(
+                "{e}: stopped; the next start reads again what was not committed and re-sends what was not published"
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn run_until_stopped(
+    g: &GlobalArgs,
+    args: &RunArgs,
+    kafka: ClientConfig,
+    topics: TopicNames,
+) -> Result<()> {
     if args.processes > 1 && args.hosts.len() != usize::from(args.processes) {
         bail!(
             "--hosts must name {} host:port pairs (one per process), got {}",
@@ -224,85 +267,28 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
         bail!("--exit-when-idle must be a non-negative number of seconds, got {s}");
     }
     let metrics = Metrics::new();
+    // The stop flag exists from the start: a signal while the brokers are
+    // waited for ends the wait.
+    let shared = Arc::new(Shared {
+        epoch_ms: args.epoch_ms,
+        shutdown: AtomicBool::new(false),
+        committed_epoch: Arc::new(AtomicU64::new(0)),
+        committer_failed: AtomicBool::new(false),
+        metrics: metrics.clone(),
+    });
+    spawn_signal_handler(shared.clone());
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr, metrics.clone())
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
 
-    // State from PostgreSQL. Process 0 first takes the next generation: an
-    // older `stockflow run` on this database cannot commit after that, so
-    // the state read below is final (its commits wait for the row lock, then
-    // fail as fenced).
-    let client = postgres::connect(&g.database_url).await?;
-    let generation = if args.process == 0 { Some(postgres::take_generation(&client).await?) } else { None };
-    let published = postgres::published_epoch(&client).await?;
-    let input_topics: Vec<String> = EventKind::ALL.iter().map(|k| topics.input(*k)).collect();
-    let offsets = postgres::load_offsets(&client, &input_topics).await?;
-    let reference = postgres::load_reference(&client).await?;
-    let horizon = chrono::Duration::hours(i64::from(args.dedup_horizon_hours));
-    let preload_limit =
-        args.dedup_max_ids.saturating_mul(u64::from(args.workers) * u64::from(args.processes));
-    let recent_applied = postgres::load_recent_applied(&client, horizon, preload_limit as i64).await?;
-    // A load cut short by the limit leaves older ids to the database.
-    let preload_floor = (recent_applied.len() as u64 >= preload_limit)
-        .then(|| recent_applied.iter().map(|(_, _, at)| *at).min())
-        .flatten();
-
-    // Partitions of the input topics, once the brokers answer: a broker
-    // that is down is waited for (one log line, the `waiting` metric), one
-    // that refuses us (credentials, certificates) ends the start.
-    tokio::task::block_in_place(|| {
-        crate::kafka::reach(&kafka, crate::kafka::Patience::Wait, Some(&metrics))
-    })?;
-    let counts = sinks::kafka::fetch_partition_counts(&kafka, &input_topics).await?;
-    let mut partitions = Vec::new();
-    for kind in EventKind::ALL {
-        let topic = topics.input(kind);
-        let Some(n) = counts.get(&topic) else {
-            bail!("input topic {topic} does not exist (run `stockflow topics`)");
-        };
-        for partition in 0..*n {
-            let next_offset = offsets.get(&(topic.clone(), partition)).copied();
-            partitions.push(PartitionStart { kind, topic: topic.clone(), partition, next_offset });
-        }
-    }
-    if args.process == 0 {
-        verify_resume_points(&client, &kafka, &offsets).await?;
-    }
-    tracing::info!(
-        partitions = partitions.len(),
-        resumed = offsets.len(),
-        products = reference.products.len(),
-        suppliers = reference.suppliers.len(),
-        dedup_preload = recent_applied.len(),
-        published_epoch = published,
-        workers = args.workers,
-        process = args.process,
-        processes = args.processes,
-        "starting"
-    );
-
+    let Start { published, reference, recent_applied, preload_floor, partitions, committer_setup } =
+        open_start_waiting(g, args, &kafka, &topics, &shared).await?;
     let commits_here = args.process == 0;
-    let mut committer_setup = None;
-    let mut published = published;
-    if let Some(generation) = generation {
-        let inputs: Vec<(String, i32)> = partitions.iter().map(|p| (p.topic.clone(), p.partition)).collect();
-        let (outputs, through) =
-            open_outputs(&client, &kafka, &topics, published, args.outputs, &inputs, &metrics)?;
-        published = through;
-        committer_setup = Some((outputs, generation));
-    }
-    drop(client);
+    let horizon = chrono::Duration::hours(i64::from(args.dedup_horizon_hours));
 
-    let shared = Arc::new(Shared {
-        epoch_ms: args.epoch_ms,
-        shutdown: AtomicBool::new(false),
-        committed_epoch: Arc::new(AtomicU64::new(published)),
-        committer_failed: AtomicBool::new(false),
-        metrics: metrics.clone(),
-    });
-    spawn_signal_handler(shared.clone());
+    shared.committed_epoch.store(published, Ordering::SeqCst);
     spawn_status_heartbeat(g.database_url.clone(), args, shared.clone());
 
     let (tx, rx) = sync_channel::<EpochBatch>(2);
@@ -381,6 +367,144 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     result?;
     tracing::info!(last_committed_epoch = shared.committed_epoch.load(Ordering::Relaxed), "stopped");
     Ok(())
+}
+
+/// What `stockflow run` reads and opens before its workers start.
+struct Start {
+    /// The last epoch whose outputs Kafka holds.
+    published: u64,
+    reference: Reference,
+    recent_applied: Vec<(String, u128, chrono::DateTime<chrono::Utc>)>,
+    preload_floor: Option<chrono::DateTime<chrono::Utc>>,
+    partitions: Vec<PartitionStart>,
+    /// Process 0's output producer and generation.
+    committer_setup: Option<(sinks::kafka::Outputs, i64)>,
+}
+
+/// Reads the start state, waiting while PostgreSQL or Kafka is away: a
+/// transient failure anywhere in [`open_start`] (PostgreSQL restarting
+/// during the start, say) redoes the whole start with jittered backoff; it
+/// writes nothing that a second attempt would not write again (the
+/// generation is taken anew, re-sent outputs are the same). A permanent one
+/// ends the run; a stop during the wait ends it as interrupted.
+///
+/// The very first connection to PostgreSQL is not waited for: at start, an
+/// unreachable database or a refused login is most likely a wrong setting,
+/// which waiting would only hide, so it ends the run with one line and a
+/// non-zero exit. Once the database has answered, a failure is an outage.
+async fn open_start_waiting(
+    g: &GlobalArgs,
+    args: &RunArgs,
+    kafka: &ClientConfig,
+    topics: &TopicNames,
+    shared: &Shared,
+) -> Result<Start> {
+    use backon::BackoffBuilder;
+    drop(postgres::connect(&g.database_url).await?);
+    let mut delays = backoff().build();
+    let mut since: Option<Instant> = None;
+    loop {
+        match open_start(g, args, kafka, topics, shared).await {
+            Ok(start) => {
+                if let Some(s) = since {
+                    tracing::info!(waited_ms = s.elapsed().as_millis() as u64, "started after waiting");
+                }
+                return Ok(start);
+            }
+            Err(e) if e.downcast_ref::<SinkError>().is_some_and(SinkError::is_retriable) => {
+                if shared.shutdown.load(Ordering::Relaxed) {
+                    return Err(SinkError::Interrupted("the start state").into());
+                }
+                if since.is_none() {
+                    since = Some(Instant::now());
+                    tracing::warn!(error = %e, "waiting to start: unavailable; retrying with backoff");
+                }
+                let wait = delays.next().unwrap_or(Duration::from_secs(10));
+                tokio::task::block_in_place(|| crate::commands::sleep_unless(wait, Some(&shared.shutdown)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One attempt at the start: the state in PostgreSQL, the input
+/// partitions, and (process 0) the output producer.
+async fn open_start(
+    g: &GlobalArgs,
+    args: &RunArgs,
+    kafka: &ClientConfig,
+    topics: &TopicNames,
+    shared: &Shared,
+) -> Result<Start> {
+    let metrics = &shared.metrics;
+    // State from PostgreSQL. Process 0 first takes the next generation: an
+    // older `stockflow run` on this database cannot commit after that, so
+    // the state read below is final (its commits wait for the row lock, then
+    // fail as fenced).
+    let client = postgres::connect(&g.database_url).await?;
+    let generation = if args.process == 0 { Some(postgres::take_generation(&client).await?) } else { None };
+    let published = postgres::published_epoch(&client).await?;
+    let input_topics: Vec<String> = EventKind::ALL.iter().map(|k| topics.input(*k)).collect();
+    let offsets = postgres::load_offsets(&client, &input_topics).await?;
+    let reference = postgres::load_reference(&client).await?;
+    let horizon = chrono::Duration::hours(i64::from(args.dedup_horizon_hours));
+    let preload_limit =
+        args.dedup_max_ids.saturating_mul(u64::from(args.workers) * u64::from(args.processes));
+    let recent_applied = postgres::load_recent_applied(&client, horizon, preload_limit as i64).await?;
+    // A load cut short by the limit leaves older ids to the database.
+    let preload_floor = (recent_applied.len() as u64 >= preload_limit)
+        .then(|| recent_applied.iter().map(|(_, _, at)| *at).min())
+        .flatten();
+
+    // Partitions of the input topics, once the brokers answer: a broker
+    // that is down is waited for (one log line, the `waiting` metric), one
+    // that refuses us (credentials, certificates) ends the start.
+    tokio::task::block_in_place(|| {
+        crate::kafka::reach(kafka, crate::kafka::Patience::Wait, Some(metrics), Some(&shared.shutdown))
+    })?;
+    let output_topics = [topics.inventory_updates(), topics.stock_alerts(), topics.dlq()];
+    let all_topics: Vec<String> = input_topics.iter().cloned().chain(output_topics.iter().cloned()).collect();
+    let counts = sinks::kafka::fetch_partition_counts(kafka, &all_topics).await?;
+    if let Some(missing) = output_topics.iter().find(|t| !counts.contains_key(*t)) {
+        bail!("output topic {missing} does not exist (run `stockflow topics`)");
+    }
+    let mut partitions = Vec::new();
+    for kind in EventKind::ALL {
+        let topic = topics.input(kind);
+        let Some(n) = counts.get(&topic) else {
+            bail!("input topic {topic} does not exist (run `stockflow topics`)");
+        };
+        for partition in 0..*n {
+            let next_offset = offsets.get(&(topic.clone(), partition)).copied();
+            partitions.push(PartitionStart { kind, topic: topic.clone(), partition, next_offset });
+        }
+    }
+    if args.process == 0 {
+        verify_resume_points(&client, kafka, &offsets).await?;
+    }
+    tracing::info!(
+        partitions = partitions.len(),
+        resumed = offsets.len(),
+        products = reference.products.len(),
+        suppliers = reference.suppliers.len(),
+        dedup_preload = recent_applied.len(),
+        published_epoch = published,
+        workers = args.workers,
+        process = args.process,
+        processes = args.processes,
+        "starting"
+    );
+
+    let mut committer_setup = None;
+    let mut published = published;
+    if let Some(generation) = generation {
+        let inputs: Vec<(String, i32)> = partitions.iter().map(|p| (p.topic.clone(), p.partition)).collect();
+        let (outputs, through) =
+            open_outputs(&client, kafka, topics, published, args.outputs, &inputs, shared)?;
+        published = through;
+        committer_setup = Some((outputs, generation));
+    }
+    Ok(Start { published, reference, recent_applied, preload_floor, partitions, committer_setup })
 }
 
 /// Refuses to resume from stored offsets into a topic that is not the one
@@ -534,16 +658,18 @@ fn open_outputs(
     published: u64,
     mode: OutputsMode,
     inputs: &[(String, i32)],
-    metrics: &Metrics,
+    shared: &Shared,
 ) -> Result<(sinks::kafka::Outputs, u64)> {
     let handle = Handle::current();
+    let metrics = &shared.metrics;
     let waiting = kafka_waiting(metrics);
+    let wait = sinks::Wait { waiting: &waiting, stop: &shared.shutdown };
     let (outputs, from) = tokio::task::block_in_place(|| -> Result<_, SinkError> {
         Ok(match mode {
             OutputsMode::ExactlyOnce => {
                 let id = sinks::kafka::transactional_id(topics);
-                let t = sinks::kafka::TransactionalOutputs::new(kafka, &id, &waiting)?;
-                let in_kafka = t.committed_epoch(inputs)?;
+                let t = sinks::kafka::TransactionalOutputs::new(kafka, &id, wait)?;
+                let in_kafka = t.committed_epoch(inputs, wait)?;
                 tracing::info!(transactional_id = %id, in_kafka, recorded = published, "exactly-once outputs");
                 (sinks::kafka::Outputs::ExactlyOnce(t), in_kafka.unwrap_or(0).max(published))
             }
@@ -572,7 +698,9 @@ fn open_outputs(
         "re-publishing the outputs of commits not in Kafka yet"
     );
     tokio::task::block_in_place(|| {
-        retry_blocking(metrics, "kafka", None, || outputs.publish(&messages, &offsets, last, &waiting))
+        retry_blocking(metrics, "kafka", &shared.shutdown, || {
+            outputs.publish(&messages, &offsets, last, wait)
+        })
     })?;
     tokio::task::block_in_place(|| handle.block_on(postgres::set_published_epoch(client, last)))?;
     Ok((outputs, last))

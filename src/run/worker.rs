@@ -28,12 +28,7 @@ pub(super) fn run_worker(
         .filter(|(id, _, _)| (route_event_id(id) % peers as u64) as usize == index)
         .map(|(id, hash, at)| (dataflow::dedup::id_key(id), *hash, *at))
         .collect();
-    let lookup = PgLookup(BlockingClient {
-        handle: handle.clone(),
-        url: setup.database_url.clone(),
-        client: None,
-        metrics: metrics.clone(),
-    });
+    let lookup = PgLookup(BlockingClient::new(handle.clone(), setup.database_url.clone(), shared.clone()));
     let mut raw = InputHandle::<u64, _>::new();
     let mut refs = InputHandle::<u64, _>::new();
     let probe = ProbeHandle::new();
@@ -72,8 +67,7 @@ pub(super) fn run_worker(
             refs.send(RefUpdate::SupplierAdded(s.clone()));
         }
     }
-    let mut ref_client =
-        BlockingClient { handle, url: setup.database_url.clone(), client: None, metrics: metrics.clone() };
+    let mut ref_client = BlockingClient::new(handle, setup.database_url.clone(), shared.clone());
     let mut last_ref_refresh = Instant::now();
     let mut read_in_epoch = 0usize;
     let mut last_data_epoch = 0u64;
@@ -87,6 +81,9 @@ pub(super) fn run_worker(
     loop {
         if shared.shutdown.load(Ordering::Relaxed) || committer_gone.load(Ordering::Relaxed) {
             break;
+        }
+        if let Some(failure) = stats.failure() {
+            return validate_failed(failure);
         }
         let slot = now_slot(args.epoch_ms);
         if slot > epoch {
@@ -139,6 +136,13 @@ pub(super) fn run_worker(
         if report.errors > 0 {
             metrics.consumer_errors.inc_by(report.errors as u64);
         }
+        // An outage is waited for (the client reconnects by itself); a
+        // refusal (credentials, ACLs, a deleted topic) would repeat forever.
+        if let Some(e) =
+            report.failures.iter().find(|e| sinks::error::kafka_failure(e) == sinks::Failure::Permanent)
+        {
+            return Err(format!("Kafka refused the processor's consumer: {e}"));
+        }
         // The broker is down or unreachable: say so in the metrics (the
         // intake logs the start and the end of the outage once).
         let failing = intake.failing();
@@ -184,9 +188,15 @@ pub(super) fn run_worker(
     }
     drop(raw);
     drop(refs);
+    // Drain the open epochs, unless they cannot be committed: the committer
+    // ended, or `Validate` holds an epoch back (its lookup failed or was
+    // stopped during an outage); those epochs are read again on the next start.
     while !probe.with_frontier(|f| f.is_empty()) {
-        if committer_gone.load(Ordering::Relaxed) {
+        if committer_gone.load(Ordering::Relaxed) || shared.committer_failed.load(Ordering::Relaxed) {
             break;
+        }
+        if let Some(failure) = stats.failure() {
+            return validate_failed(failure);
         }
         worker.step_or_park(Some(Duration::from_millis(10)));
     }
@@ -194,6 +204,16 @@ pub(super) fn run_worker(
         return Err("the committer stopped".into());
     }
     Ok(())
+}
+
+/// The worker's answer when `Validate` holds an epoch back: a lookup stopped
+/// by a signal during an outage ends the worker quietly (the process is
+/// stopping); any other failure ends the run with its message.
+fn validate_failed(failure: LookupError) -> Result<(), String> {
+    match failure {
+        LookupError::Interrupted => Ok(()),
+        LookupError::Failed(e) => Err(e),
+    }
 }
 
 /// Updates that turn reference data `old` into `new`.

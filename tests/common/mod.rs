@@ -35,6 +35,9 @@ pub fn unique(tag: &str) -> String {
 /// A fresh, empty database and a fresh topic prefix, dropped at the end.
 pub struct TestEnv {
     pub database_url: String,
+    /// The server's `postgres` database, where this env's database is
+    /// created and dropped.
+    admin_url: String,
     pub db_name: String,
     pub prefix: String,
     /// Bootstrap servers for this env's commands and reads (the shared
@@ -50,8 +53,14 @@ fn url_with_db(url: &str, db: &str) -> String {
 
 impl TestEnv {
     pub async fn new(tag: &str) -> TestEnv {
+        TestEnv::new_on(tag, &base_database_url()).await
+    }
+
+    /// A fresh database on the server of `server_url` (any database of it),
+    /// e.g. a [`PrivatePostgres`].
+    pub async fn new_on(tag: &str, server_url: &str) -> TestEnv {
         let db_name = unique(&format!("sf_{tag}"));
-        let admin_url = url_with_db(&base_database_url(), "postgres");
+        let admin_url = url_with_db(server_url, "postgres");
         let (client, conn) =
             tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
                 panic!("PostgreSQL at {admin_url} must be running (scripts/services.sh up): {e}")
@@ -59,7 +68,8 @@ impl TestEnv {
         tokio::spawn(conn);
         client.batch_execute(&format!("CREATE DATABASE {db_name}")).await.unwrap();
         TestEnv {
-            database_url: url_with_db(&base_database_url(), &db_name),
+            database_url: url_with_db(server_url, &db_name),
+            admin_url,
             db_name,
             prefix: format!("{}.", unique(tag)),
             brokers: brokers(),
@@ -198,7 +208,7 @@ pub fn consume(
 impl Drop for TestEnv {
     fn drop(&mut self) {
         // Best effort: keep a developer's server from filling up with test databases.
-        let admin_url = url_with_db(&base_database_url(), "postgres");
+        let admin_url = self.admin_url.clone();
         let db = self.db_name.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
@@ -503,6 +513,114 @@ impl Drop for PrivateKafka {
         let _ = kafka_script(&["kill", self.dir.to_str().unwrap_or_default()]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A PostgreSQL server of a test's own (Debian's binaries; `initdb` in a
+/// temporary directory, as the `postgres` user when the tests run as root),
+/// on a free loopback port, for tests that stop or kill the database
+/// without disturbing the others. Stopped and removed on drop.
+pub struct PrivatePostgres {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+/// Debian's PostgreSQL programs (`/usr/lib/postgresql/<version>/bin`).
+fn pg_bin(program: &str) -> std::path::PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (scripts/deps.sh)")
+        .filter_map(|d| d.ok().map(|d| d.path().join("bin")))
+        .filter(|d| d.join("initdb").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("an initdb under /usr/lib/postgresql").join(program)
+}
+
+/// Runs a PostgreSQL program as the `postgres` user when we are root
+/// (initdb and the server refuse root), else as ourselves.
+fn as_postgres(program: &str, args: &[&str]) -> Output {
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let bin = pg_bin(program);
+    let mut c = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    c.args(args).output().unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+impl PrivatePostgres {
+    /// A new cluster (trust authentication on loopback), running.
+    pub fn start() -> PrivatePostgres {
+        let dir = std::env::temp_dir().join(unique("sfpg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The server's user must own its directory.
+        let _ = Command::new("chown").args(["postgres:", dir.to_str().unwrap()]).status();
+        let pg = PrivatePostgres { dir, port: free_port() };
+        let data = pg.data();
+        let out = as_postgres(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"],
+        );
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        pg.restart();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").to_str().unwrap().to_string()
+    }
+
+    /// A URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts it (again) on the same data directory; returns once it accepts connections.
+    pub fn restart(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log");
+        let out = as_postgres(
+            "pg_ctl",
+            &["-D", &self.data(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "-o", &options, "start"],
+        );
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `pg_ctl stop -m immediate`: the server ends at once, as in a crash
+    /// (recovery replays the WAL at the next start).
+    pub fn stop_immediate(&self) {
+        let out = as_postgres("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The value of `stockflow_waiting{what=WHAT}` on a processor's metrics
+/// endpoint at `addr`, if it answers (None while it does not listen yet).
+pub fn waiting_on(addr: &str, what: &str) -> Option<i64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let label = format!("what=\"{what}\"");
+    body.lines()
+        .find(|l| l.starts_with("stockflow_waiting{") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `GET path` from the HTTP server at `addr` (HTTP/1.1, `Connection:

@@ -53,6 +53,7 @@ pub async fn assert_exactly_once(env: &TestEnv, products: u32, opening: &HashMap
     let quiet = Duration::from_secs(3);
     let updates = env.read_until_quiet(&["inventory_updates"], quiet);
     let dlq = env.read_until_quiet(&["dlq"], quiet);
+    let alerts = env.read_until_quiet(&["stock_alerts"], quiet);
     let inputs: Vec<Record> = {
         let topics: Vec<String> =
             ["online_orders", "store_sales", "supplier_restocks"].iter().map(|t| env.topic(t)).collect();
@@ -207,7 +208,6 @@ pub async fn assert_exactly_once(env: &TestEnv, products: u32, opening: &HashMap
     }
     assert_eq!(dlq_positions.len(), rejected, "one dlq record per rejected message");
 
-    let alerts = env.read_until_quiet(&["stock_alerts"], quiet);
     let mut alert_ids = BTreeSet::new();
     let mut alert_rows = Vec::new();
     for r in by_position(alerts) {

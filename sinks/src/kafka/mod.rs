@@ -10,7 +10,7 @@ pub use outputs::{
 };
 pub use transactional::{TransactionalOutputs, transactional_id};
 
-use crate::SinkError;
+use crate::{SinkError, Wait};
 
 /// The producer of the output topics, as `--outputs` chose.
 pub enum Outputs {
@@ -30,11 +30,11 @@ impl Outputs {
         messages: &[OutputMessage],
         offsets: &[(String, i32, i64)],
         epoch: u64,
-        waiting: &dyn Fn(bool),
+        wait: Wait<'_>,
     ) -> Result<(), SinkError> {
         match self {
-            Outputs::AtLeastOnce(p) => p.publish(messages, waiting),
-            Outputs::ExactlyOnce(t) => t.publish(messages, offsets, epoch, waiting),
+            Outputs::AtLeastOnce(p) => p.publish(messages, wait),
+            Outputs::ExactlyOnce(t) => t.publish(messages, offsets, epoch, wait),
         }
     }
 }

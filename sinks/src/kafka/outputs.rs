@@ -19,8 +19,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
 
-use crate::SinkError;
 use crate::postgres::{StockAlert, StockLevel, UnpublishedRow};
+use crate::{SinkError, Wait};
 
 /// A DLQ payload longer than this is cut (the full value stays in
 /// `events_log.raw_event`), so that the record fits the broker's default
@@ -324,8 +324,10 @@ impl OutputProducer {
     /// Sends `messages` in order and blocks until all are acknowledged.
     /// While the broker does not acknowledge (down, restarting), logs one
     /// "waiting for Kafka" line and calls `waiting(true)`; `waiting(false)`
-    /// once it has.
-    pub fn publish(&self, messages: &[OutputMessage], waiting: &dyn Fn(bool)) -> Result<(), SinkError> {
+    /// once it has. A process that stops meanwhile gets
+    /// [`SinkError::Interrupted`]: the next start re-sends what was not
+    /// acknowledged.
+    pub fn publish(&self, messages: &[OutputMessage], wait: Wait<'_>) -> Result<(), SinkError> {
         let failed_before = self.deliveries.failed.load(Ordering::Relaxed);
         for m in messages {
             let mut record = BaseRecord::to(&m.topic).payload(&m.payload);
@@ -336,6 +338,9 @@ impl OutputProducer {
                 match self.producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        if wait.stopping() {
+                            return Err(SinkError::Interrupted("Kafka"));
+                        }
                         record = r;
                         std::thread::sleep(Duration::from_millis(5));
                     }
@@ -348,14 +353,20 @@ impl OutputProducer {
         let started = Instant::now();
         let mut waited = false;
         while let Err(e) = self.producer.flush(Duration::from_secs(2)) {
+            if wait.stopping() {
+                if waited {
+                    (wait.waiting)(false);
+                }
+                return Err(SinkError::Interrupted("Kafka"));
+            }
             if !waited {
                 waited = true;
-                waiting(true);
+                (wait.waiting)(true);
                 tracing::warn!(error = %e, "waiting for Kafka: output messages not acknowledged within 2 s");
             }
         }
         if waited {
-            waiting(false);
+            (wait.waiting)(false);
             tracing::info!(waited_s = started.elapsed().as_secs(), "Kafka acknowledged the output messages");
         }
         let failed = self.deliveries.failed.load(Ordering::Relaxed) - failed_before;

@@ -23,9 +23,17 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::OutputMessage;
 use crate::SinkError;
+use crate::error::{Failure, Wait, kafka_code_failure};
 
-/// How long one transactional call may block before it is tried again.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one transactional call may block before it is tried again
+/// (librdkafka allows calling it again after a timeout). Short, so that a
+/// process asked to stop during a broker outage stops within seconds.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long calls may keep timing out before it counts as waiting for
+/// Kafka (log line, `waiting` metric): a big transaction on a busy machine
+/// may take a few call timeouts to commit without any outage.
+const QUIET_WAIT: Duration = Duration::from_secs(4);
 
 /// The prefix of the metadata of every offset the outputs commit.
 const EPOCH_TAG: &str = "stockflow epoch ";
@@ -51,6 +59,11 @@ fn classify(context: &str, e: KafkaError) -> Next {
         KafkaError::Transaction(rd) => Some(rd),
         _ => None,
     };
+    // A refusal (ACLs, credentials, a missing topic) stays one whatever the
+    // transaction state says: abortable or not, writing again cannot help.
+    if e.rdkafka_error_code().is_some_and(|c| kafka_code_failure(c) == Failure::Permanent) {
+        return Next::Stop(SinkError::Kafka { context: context.to_string(), cause: e });
+    }
     match rd {
         Some(rd) if rd.is_fatal() => {
             if matches!(rd.code(), RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
@@ -79,27 +92,41 @@ pub struct TransactionalOutputs {
     metadata: ConsumerGroupMetadata,
 }
 
-/// Reports the first wait of an outage once, and its end.
+/// Reports an outage once (after [`QUIET_WAIT`]) and its end; ends the
+/// wait when the process is stopping.
 struct Waits<'a> {
     since: Option<Instant>,
-    waiting: &'a dyn Fn(bool),
+    announced: bool,
+    wait: Wait<'a>,
 }
 
-impl Waits<'_> {
-    fn wait(&mut self, what: &str, e: &KafkaError) {
-        if self.since.is_none() {
-            self.since = Some(Instant::now());
-            (self.waiting)(true);
+impl<'a> Waits<'a> {
+    fn new(wait: Wait<'a>) -> Self {
+        Waits { since: None, announced: false, wait }
+    }
+
+    fn wait(&mut self, what: &str, e: &KafkaError) -> Result<(), SinkError> {
+        if self.wait.stopping() {
+            self.done();
+            return Err(SinkError::Interrupted("Kafka"));
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if !self.announced && since.elapsed() >= QUIET_WAIT {
+            self.announced = true;
+            (self.wait.waiting)(true);
             tracing::warn!(error = %e, "waiting for Kafka: {what}; retrying");
         } else {
             tracing::debug!(error = %e, "still waiting for Kafka: {what}");
         }
+        Ok(())
     }
 
     fn done(&mut self) {
-        if let Some(s) = self.since.take() {
-            (self.waiting)(false);
-            tracing::info!(waited_s = s.elapsed().as_secs(), "Kafka committed the output transaction");
+        if let Some(s) = self.since.take()
+            && std::mem::take(&mut self.announced)
+        {
+            (self.wait.waiting)(false);
+            tracing::info!(waited_s = s.elapsed().as_secs(), "Kafka answers the output producer again");
         }
     }
 }
@@ -109,8 +136,8 @@ impl TransactionalOutputs {
     /// consumer group of the same name for the progress), from the shared
     /// client configuration. Fences any earlier producer with the same id,
     /// aborting its open transaction; waits while the broker does not
-    /// answer (`waiting(true)`, one log line).
-    pub fn new(base: &ClientConfig, id: &str, waiting: &dyn Fn(bool)) -> Result<Self, SinkError> {
+    /// answer (`waiting(true)`, one log line) unless the process stops.
+    pub fn new(base: &ClientConfig, id: &str, wait: Wait<'_>) -> Result<Self, SinkError> {
         // A clone, never a copy of `config_map()` (which hides passwords).
         let mut config = base.clone();
         config.set("transactional.id", id);
@@ -127,13 +154,13 @@ impl TransactionalOutputs {
         let producer: ThreadedProducer<DefaultProducerContext> = config.create().map_err(|cause| {
             SinkError::Kafka { context: "create the transactional producer".into(), cause }
         })?;
-        let mut waits = Waits { since: None, waiting };
+        let mut waits = Waits::new(wait);
         loop {
             match producer.init_transactions(CALL_TIMEOUT) {
                 Ok(()) => break,
                 Err(e) => match classify("init transactions", e) {
                     Next::Retry(e) | Next::Abort(e) => {
-                        waits.wait("the transaction coordinator does not answer", &e)
+                        waits.wait("the transaction coordinator does not answer", &e)?
                     }
                     Next::Stop(e) => return Err(e),
                 },
@@ -159,7 +186,12 @@ impl TransactionalOutputs {
     /// when the group has none (nothing published yet, or the offsets
     /// expired: `offsets.retention.minutes`). Call after [`Self::new`], so
     /// no transaction of an earlier producer is pending.
-    pub fn committed_epoch(&self, partitions: &[(String, i32)]) -> Result<Option<u64>, SinkError> {
+    pub fn committed_epoch(
+        &self,
+        partitions: &[(String, i32)],
+        wait: Wait<'_>,
+    ) -> Result<Option<u64>, SinkError> {
+        let mut waits = Waits::new(wait);
         let mut tpl = TopicPartitionList::new();
         for (t, p) in partitions {
             tpl.add_partition(t, *p);
@@ -167,14 +199,15 @@ impl TransactionalOutputs {
         let committed = loop {
             match self.group.committed_offsets(tpl.clone(), CALL_TIMEOUT) {
                 Ok(c) => break c,
-                Err(e) if SinkError::Kafka { context: String::new(), cause: e.clone() }.is_retriable() => {
-                    tracing::warn!(error = %e, "waiting for Kafka: cannot read the output progress; retrying");
+                Err(e) if crate::error::kafka_failure(&e) == Failure::Transient => {
+                    waits.wait("cannot read the output progress", &e)?;
                 }
                 Err(cause) => {
                     return Err(SinkError::Kafka { context: "read the output progress".into(), cause });
                 }
             }
         };
+        waits.done();
         Ok(committed
             .elements()
             .iter()
@@ -187,13 +220,15 @@ impl TransactionalOutputs {
     /// Blocks until Kafka committed it. While the broker does not answer,
     /// logs one "waiting for Kafka" line and calls `waiting(true)`; a
     /// transaction that fails is aborted and written again from the start,
-    /// so a `read_committed` consumer sees each message once.
+    /// so a `read_committed` consumer sees each message once. A process
+    /// that stops meanwhile leaves the transaction open (the next start's
+    /// producer aborts it) and gets [`SinkError::Interrupted`].
     pub fn publish(
         &self,
         messages: &[OutputMessage],
         offsets: &[(String, i32, i64)],
         epoch: u64,
-        waiting: &dyn Fn(bool),
+        wait: Wait<'_>,
     ) -> Result<(), SinkError> {
         let mut tpl = TopicPartitionList::new();
         for (t, p, next) in offsets {
@@ -202,7 +237,7 @@ impl TransactionalOutputs {
                 .map_err(|cause| SinkError::Kafka { context: "progress offsets".into(), cause })?;
             e.set_metadata(format!("{EPOCH_TAG}{epoch}"));
         }
-        let mut waits = Waits { since: None, waiting };
+        let mut waits = Waits::new(wait);
         loop {
             match self.attempt(messages, &tpl, &mut waits) {
                 Ok(()) => {
@@ -211,7 +246,7 @@ impl TransactionalOutputs {
                 }
                 Err(Next::Stop(e)) => return Err(e),
                 Err(Next::Abort(e) | Next::Retry(e)) => {
-                    waits.wait("the output transaction failed; aborting it and writing it again", &e);
+                    waits.wait("the output transaction failed; aborting it and writing it again", &e)?;
                     self.abort(&mut waits)?;
                 }
             }
@@ -234,6 +269,9 @@ impl TransactionalOutputs {
                 match self.producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        if waits.wait.stopping() {
+                            return Err(Next::Stop(SinkError::Interrupted("Kafka")));
+                        }
                         record = r;
                         std::thread::sleep(Duration::from_millis(5));
                     }
@@ -251,7 +289,9 @@ impl TransactionalOutputs {
                 match self.producer.send_offsets_to_transaction(tpl, &self.metadata, CALL_TIMEOUT) {
                     Ok(()) => break,
                     Err(e) => match classify("send the progress offsets", e) {
-                        Next::Retry(e) => waits.wait("the group coordinator does not answer", &e),
+                        Next::Retry(e) => {
+                            waits.wait("the group coordinator does not answer", &e).map_err(Next::Stop)?
+                        }
                         other => return Err(other),
                     },
                 }
@@ -261,7 +301,9 @@ impl TransactionalOutputs {
             match self.producer.commit_transaction(CALL_TIMEOUT) {
                 Ok(()) => return Ok(()),
                 Err(e) => match classify("commit the output transaction", e) {
-                    Next::Retry(e) => waits.wait("the output transaction is not committed yet", &e),
+                    Next::Retry(e) => {
+                        waits.wait("the output transaction is not committed yet", &e).map_err(Next::Stop)?
+                    }
                     other => return Err(other),
                 },
             }
@@ -275,7 +317,7 @@ impl TransactionalOutputs {
                 Err(e) => match classify("abort the output transaction", e) {
                     Next::Stop(e) => return Err(e),
                     Next::Retry(e) | Next::Abort(e) => {
-                        waits.wait("cannot abort the output transaction yet", &e)
+                        waits.wait("cannot abort the output transaction yet", &e)?
                     }
                 },
             }

@@ -33,13 +33,21 @@ pub fn share(mut all: Vec<PartitionStart>, index: usize, peers: usize) -> Vec<Pa
 }
 
 /// What one [`Intake::read`] call saw.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 pub struct ReadReport {
     /// Messages appended.
     pub messages: usize,
     /// Consumer errors seen (the client retries by itself).
     pub errors: usize,
+    /// The errors themselves, from reads and from the client's error
+    /// callback (at most [`KEPT_ERRORS`] per read), for the caller to
+    /// classify: an outage is waited for, a refusal (credentials, ACLs, a
+    /// deleted topic) ends the run.
+    pub failures: Vec<KafkaError>,
 }
+
+/// How many errors one [`ReadReport`] carries at most.
+pub const KEPT_ERRORS: usize = 8;
 
 /// Client context that keeps end-of-partition notices out of the error log
 /// (librdkafka reports them as "global errors"; they are routine here).
@@ -51,6 +59,9 @@ pub struct IntakeContext {
     /// stable offset (what a `read_committed` consumer can reach: an open
     /// transaction's messages are not readable yet).
     watermarks: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// Errors of the error callback since the last read (authentication
+    /// failures arrive there, not through `poll`).
+    errors: std::sync::Mutex<Vec<KafkaError>>,
 }
 
 impl ClientContext for IntakeContext {
@@ -72,6 +83,11 @@ impl ClientContext for IntakeContext {
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
         if !eof {
             tracing::warn!(error = %error, reason, "Kafka client error");
+            if let Ok(mut errors) = self.errors.lock()
+                && errors.len() < KEPT_ERRORS
+            {
+                errors.push(error);
+            }
         }
     }
 }
@@ -132,6 +148,9 @@ impl Intake {
     /// Appends up to `budget` messages to `out` without blocking longer than `wait`.
     pub fn read(&mut self, budget: usize, wait: Duration, out: &mut Vec<RawMessage>) -> ReadReport {
         let mut report = ReadReport::default();
+        if let Ok(mut errors) = self.consumer.context().errors.lock() {
+            report.failures.append(&mut errors);
+        }
         if self.next.is_empty() {
             std::thread::sleep(wait);
             return report;
@@ -168,6 +187,9 @@ impl Intake {
                 }
                 Some(Err(e)) => {
                     report.errors += 1;
+                    if report.failures.len() < KEPT_ERRORS {
+                        report.failures.push(e.clone());
+                    }
                     if self.failing_since.is_none() {
                         self.failing_since = Some(Instant::now());
                         let outage = matches!(
