@@ -11,81 +11,17 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{PrivateKafka, TestEnv, free_port};
+use common::{PrivateKafka, TestEnv, free_port, tls};
 
 const USER: &str = "stockflow";
 const PASSWORD: &str = "s3cret-Pa55word";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA (`<name>-ca.pem`) in `dir`.
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name} test CA"),
-            "-keyout",
-            &format!("{name}-ca.key"),
-            "-out",
-            &format!("{name}-ca.pem"),
-        ],
-    );
-}
-
 /// The broker's key and certificate for 127.0.0.1, signed by CA `ca`, as
 /// one PEM file (PKCS#8 key, then the certificate) for a PEM keystore.
 fn make_broker_keystore(dir: &Path, ca: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "broker.key",
-            "-out",
-            "broker.csr",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "broker.csr",
-            "-CA",
-            &format!("{ca}-ca.pem"),
-            "-CAkey",
-            &format!("{ca}-ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "broker.pem",
-        ],
-    );
-    openssl(dir, &["pkcs8", "-topk8", "-nocrypt", "-in", "broker.key", "-out", "broker.pk8"]);
+    let (pem, key) = tls::make_server_cert(dir, ca, "broker", "IP:127.0.0.1,DNS:localhost");
     let keystore = dir.join("broker-keystore.pem");
-    let text = std::fs::read_to_string(dir.join("broker.pk8")).unwrap()
-        + &std::fs::read_to_string(dir.join("broker.pem")).unwrap();
+    let text = std::fs::read_to_string(key).unwrap() + &std::fs::read_to_string(pem).unwrap();
     std::fs::write(&keystore, text).unwrap();
     keystore
 }
@@ -123,8 +59,8 @@ fn assert_one_line_failure(out: &Output, what: &str, expect: &[&str]) {
 async fn sasl_ssl_connects_and_refusals_end_in_one_line() {
     let dir = std::env::temp_dir().join(common::unique("sfsasl"));
     std::fs::create_dir_all(&dir).unwrap();
-    make_ca(&dir, "ours");
-    make_ca(&dir, "stranger");
+    tls::make_ca(&dir, "ours");
+    tls::make_ca(&dir, "stranger");
     let keystore = make_broker_keystore(&dir, "ours");
     let sasl_port = free_port();
     let properties = format!(

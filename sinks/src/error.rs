@@ -112,6 +112,18 @@ pub enum SinkError {
         /// The driver's error.
         cause: tokio_postgres::Error,
     },
+    /// The TLS handshake failed: an untrusted certificate, a host name the
+    /// certificate does not name, no TLS on the server.
+    #[error("cannot connect to PostgreSQL at {url}: TLS: {}", chain(cause))]
+    Tls {
+        /// The URL, without its password.
+        url: String,
+        /// The driver's error.
+        cause: tokio_postgres::Error,
+    },
+    /// A setting that cannot work (an unreadable file it names, say).
+    #[error("{0}")]
+    Config(String),
     /// Connecting took longer than the timeout.
     #[error("cannot connect to PostgreSQL at {url}: no answer within {timeout:?}")]
     ConnectTimeout {
@@ -199,6 +211,7 @@ impl SinkError {
             SinkError::Connect { cause, .. } | SinkError::Postgres { cause, .. } => postgres_failure(cause),
             SinkError::ConnectTimeout { .. } => Failure::Transient,
             SinkError::Kafka { cause, .. } => kafka_failure(cause),
+            SinkError::Tls { .. } | SinkError::Config(_) => Failure::Permanent,
             SinkError::Migration(_)
             | SinkError::Inconsistent(_)
             | SinkError::Fenced(_)

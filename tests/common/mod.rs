@@ -12,6 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 pub mod reference;
+pub mod tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stockflow");
 
@@ -522,6 +523,8 @@ impl Drop for PrivateKafka {
 pub struct PrivatePostgres {
     pub dir: std::path::PathBuf,
     pub port: u16,
+    /// Server settings of every start (`-c name=value ...`).
+    settings: String,
 }
 
 /// Debian's PostgreSQL programs (`/usr/lib/postgresql/<version>/bin`).
@@ -553,17 +556,36 @@ fn as_postgres(program: &str, args: &[&str]) -> Output {
 impl PrivatePostgres {
     /// A new cluster (trust authentication on loopback), running.
     pub fn start() -> PrivatePostgres {
+        PrivatePostgres::start_with(None)
+    }
+
+    /// A new cluster that also speaks TLS with the certificate and key in
+    /// `tls` (PEM files; copied into the data directory).
+    pub fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> PrivatePostgres {
         let dir = std::env::temp_dir().join(unique("sfpg"));
         std::fs::create_dir_all(&dir).unwrap();
-        // The server's user must own its directory.
-        let _ = Command::new("chown").args(["postgres:", dir.to_str().unwrap()]).status();
-        let pg = PrivatePostgres { dir, port: free_port() };
+        let mut pg = PrivatePostgres { dir, port: free_port(), settings: String::new() };
         let data = pg.data();
+        // The server's user must own its directory.
+        let _ = Command::new("chown").args(["postgres:", pg.dir.to_str().unwrap()]).status();
         let out = as_postgres(
             "initdb",
             &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"],
         );
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        if let Some((cert, key)) = tls {
+            // The key must be the server user's and private to it.
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = std::path::Path::new(&data).join(to);
+                std::fs::copy(from, &to).unwrap();
+                let _ = Command::new("chown").args(["postgres:", to.to_str().unwrap()]).status();
+                let _ = Command::new("chmod").args(["600", to.to_str().unwrap()]).status();
+            }
+            // Connections are logged with their TLS state ("SSL enabled").
+            pg.settings =
+                "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c log_connections=on"
+                    .into();
+        }
         pg.restart();
         pg
     }
@@ -580,9 +602,10 @@ impl PrivatePostgres {
     /// Starts it (again) on the same data directory; returns once it accepts connections.
     pub fn restart(&self) {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         let log = self.dir.join("server.log");
         let out = as_postgres(

@@ -1,5 +1,7 @@
+use std::ops::Range;
 use std::time::Duration;
 
+use postgres_native_tls::MakeTlsConnector;
 use tokio_postgres::{Client, NoTls};
 
 use crate::SinkError;
@@ -7,69 +9,64 @@ use crate::SinkError;
 /// How long a connection attempt may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The connection string with every password replaced by `***`, for
-/// messages and logs, in each form libpq and tokio-postgres take: a URL's
-/// user-info (`postgres://user:secret@host/db`), a URL's `password`
-/// parameter (`...?password=secret`), and a key=value string
-/// (`host=h password=secret`, or `password='se cret'` quoted).
-pub fn redact_url(dsn: &str) -> String {
+/// One setting of a connection string: its key, and where the whole
+/// setting and its raw value (still quoted or percent-encoded) sit.
+#[derive(Debug)]
+struct Setting<'a> {
+    key: &'a str,
+    /// What to cut to remove the setting (empty for a URL's user-info
+    /// password, which is not removed, only hidden).
+    whole: Range<usize>,
+    value: Range<usize>,
+    /// In a URL (percent-encoded) rather than a key=value string (quoted).
+    in_url: bool,
+}
+
+/// The settings of `dsn`, in each form libpq and tokio-postgres take: a
+/// URL (`postgres://user:password@host/db?key=value&...`, the user-info
+/// password as the setting `password`) or a key=value string (`key = value`
+/// pairs separated by spaces, a value bare or single-quoted with backslash
+/// escapes).
+fn settings(dsn: &str) -> Vec<Setting<'_>> {
     match dsn.find("://") {
-        Some(scheme) => redact_uri(dsn, scheme + 3),
-        None => redact_key_values(dsn),
+        Some(scheme) => url_settings(dsn, scheme + 3),
+        None => key_value_settings(dsn),
     }
 }
 
-/// [`redact_url`] for a URL whose authority starts at `start`.
-fn redact_uri(url: &str, start: usize) -> String {
+fn url_settings(url: &str, start: usize) -> Vec<Setting<'_>> {
+    let mut out = Vec::new();
     let rest = &url[start..];
     // The user-info ends at the last '@' before the path (libpq reads the
     // authority up to the first '/').
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..start]);
-    let after_userinfo = match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            match rest[..at].split_once(':') {
-                Some((user, _)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                }
-                None => out.push_str(&rest[..at]),
-            }
-            at
+    let mut tail_start = start;
+    if let Some(at) = rest[..authority_end].rfind('@') {
+        if let Some(colon) = rest[..at].find(':') {
+            let value = start + colon + 1..start + at;
+            out.push(Setting { key: "password", whole: value.start..value.start, value, in_url: true });
         }
-        None => 0,
-    };
-    let tail = &rest[after_userinfo..];
-    match tail.split_once('?') {
-        Some((before, query)) => {
-            out.push_str(before);
-            out.push('?');
-            let params: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => kv.to_string(),
-                })
-                .collect();
-            out.push_str(&params.join("&"));
-        }
-        None => out.push_str(tail),
+        tail_start = start + at;
+    }
+    let Some(q) = url[tail_start..].find('?') else { return out };
+    let mut pos = tail_start + q + 1;
+    for param in url[pos..].split('&') {
+        let (begin, end) = (pos, pos + param.len());
+        pos = end + 1;
+        let Some(eq) = param.find('=') else { continue };
+        // Cut the '&' after it, or else the one (or the '?') before it.
+        let whole = if end < url.len() { begin..end + 1 } else { begin - 1..end };
+        out.push(Setting { key: &param[..eq], whole, value: begin + eq + 1..end, in_url: true });
     }
     out
 }
 
-/// [`redact_url`] for a key=value string: `key = value` pairs separated by
-/// spaces, a value either bare (up to the next space) or single-quoted
-/// with backslash escapes.
-fn redact_key_values(dsn: &str) -> String {
+fn key_value_settings(dsn: &str) -> Vec<Setting<'_>> {
     let bytes = dsn.as_bytes();
-    let mut out = String::with_capacity(dsn.len());
+    let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        // Copy whitespace, then read one key.
         if bytes[i].is_ascii_whitespace() {
-            out.push(bytes[i] as char);
             i += 1;
             continue;
         }
@@ -78,13 +75,9 @@ fn redact_key_values(dsn: &str) -> String {
             i += 1;
         }
         let key = &dsn[key_start..i];
-        out.push_str(key);
-        // Spaces and the '='.
         while i < bytes.len() && (bytes[i].is_ascii_whitespace() || bytes[i] == b'=') {
-            out.push(bytes[i] as char);
             i += 1;
         }
-        // The value.
         let value_start = i;
         if i < bytes.len() && bytes[i] == b'\'' {
             i += 1;
@@ -97,36 +90,213 @@ fn redact_key_values(dsn: &str) -> String {
                 i += 1;
             }
         }
-        if key.eq_ignore_ascii_case("password") {
-            out.push_str("***");
-        } else {
-            out.push_str(&dsn[value_start..i]);
-        }
+        out.push(Setting { key, whole: key_start..i, value: value_start..i, in_url: false });
     }
     out
 }
 
+/// A setting's value as text: percent-decoded (URL) or unquoted (key=value).
+fn decoded(dsn: &str, s: &Setting<'_>) -> String {
+    let raw = &dsn[s.value.clone()];
+    if s.in_url {
+        let bytes = raw.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = raw.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    } else {
+        let inner = raw.strip_prefix('\'').map(|r| r.strip_suffix('\'').unwrap_or(r)).unwrap_or(raw);
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
+        }
+        out
+    }
+}
+
+/// The connection string with every password replaced by `***`, for
+/// messages and logs, in each form libpq and tokio-postgres take: a URL's
+/// user-info (`postgres://user:secret@host/db`), a URL's `password`
+/// parameter (`...?password=secret`), and a key=value string
+/// (`host=h password=secret`, or `password='se cret'` quoted).
+pub fn redact_url(dsn: &str) -> String {
+    let mut passwords: Vec<Range<usize>> = settings(dsn)
+        .into_iter()
+        .filter(|s| s.key.eq_ignore_ascii_case("password"))
+        .map(|s| s.value)
+        .collect();
+    passwords.sort_by_key(|r| std::cmp::Reverse(r.start));
+    let mut out = dsn.to_string();
+    for r in passwords {
+        out.replace_range(r, "***");
+    }
+    out
+}
+
+/// How to secure the connection, from libpq's `sslmode` and `sslrootcert`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `disable`, `allow` or `prefer` (the default): no TLS here; `require`,
+    /// `verify-ca`, `verify-full`: TLS or no connection.
+    pub mode: String,
+    /// The CA certificates (PEM) a server certificate must chain to; with
+    /// it, only these are trusted (as libpq does).
+    pub root_cert: Option<std::path::PathBuf>,
+}
+
+/// The TLS settings of `dsn`, and `dsn` as tokio-postgres takes it: without
+/// `sslrootcert` (libpq's, unknown to tokio-postgres) and with
+/// `verify-ca`/`verify-full` as `require` (the verification is the
+/// connector's, set up from these settings).
+pub fn split_tls(dsn: &str) -> (String, TlsSettings) {
+    let mut tls = TlsSettings { mode: "prefer".into(), root_cert: None };
+    let mut edits: Vec<(Range<usize>, &str)> = Vec::new();
+    for s in settings(dsn) {
+        match s.key {
+            "sslmode" => {
+                tls.mode = decoded(dsn, &s);
+                if tls.mode.starts_with("verify-") {
+                    edits.push((s.value.clone(), "require"));
+                }
+            }
+            "sslrootcert" => {
+                tls.root_cert = Some(decoded(dsn, &s).into());
+                edits.push((s.whole.clone(), ""));
+            }
+            _ => {}
+        }
+    }
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut out = dsn.to_string();
+    for (r, with) in edits {
+        out.replace_range(r, with);
+    }
+    (out, tls)
+}
+
+/// The TLS connector for `tls`: `require` encrypts without checking the
+/// server (libpq's `require`; with `sslrootcert`, as `verify-ca`),
+/// `verify-ca` checks the chain, `verify-full` the chain and the host name.
+fn connector(tls: &TlsSettings, shown: &str) -> Result<MakeTlsConnector, SinkError> {
+    let config = |why: String| SinkError::Config(format!("PostgreSQL at {shown}: {why}"));
+    let mut b = native_tls::TlsConnector::builder();
+    let verify_chain = tls.mode != "require" || tls.root_cert.is_some();
+    b.danger_accept_invalid_certs(!verify_chain);
+    b.danger_accept_invalid_hostnames(tls.mode != "verify-full");
+    if let Some(path) = &tls.root_cert {
+        let pem = std::fs::read(path)
+            .map_err(|e| config(format!("cannot read sslrootcert {}: {e}", path.display())))?;
+        let certs = native_tls::Certificate::stack_from_pem(&pem)
+            .map_err(|e| config(format!("sslrootcert {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(config(format!("sslrootcert {} holds no certificate", path.display())));
+        }
+        b.disable_built_in_roots(true);
+        for c in certs {
+            b.add_root_certificate(c);
+        }
+    }
+    let c = b.build().map_err(|e| config(format!("TLS setup: {e}")))?;
+    Ok(MakeTlsConnector::new(c))
+}
+
 /// Connects to `url` (a libpq URL or key=value string) and drives the
 /// connection on the current tokio runtime.
+///
+/// TLS as libpq's `sslmode` says: `disable`, `allow`, `prefer` (the
+/// default) connect without it; `require`, `verify-ca` and `verify-full`
+/// (with `sslrootcert`, a PEM file of the CAs to trust) use it or fail. A
+/// failed handshake (an untrusted certificate, a wrong host name) is
+/// [`SinkError::Tls`], permanent: waiting does not fix a certificate.
 pub async fn connect(url: &str) -> Result<Client, SinkError> {
     let shown = redact_url(url);
-    let fut = tokio_postgres::connect(url, NoTls);
-    let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(cause)) => return Err(SinkError::Connect { url: shown, cause }),
-        Err(_) => return Err(SinkError::ConnectTimeout { url: shown, timeout: CONNECT_TIMEOUT }),
-    };
+    let (plain, tls) = split_tls(url);
+    let timed_out = || SinkError::ConnectTimeout { url: shown.clone(), timeout: CONNECT_TIMEOUT };
+    if matches!(tls.mode.as_str(), "require" | "verify-ca" | "verify-full") {
+        let fut = tokio_postgres::connect(&plain, connector(&tls, &shown)?);
+        match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+            Ok(Ok((client, connection))) => {
+                drive(connection);
+                Ok(client)
+            }
+            Ok(Err(cause)) if is_tls_failure(&cause) => Err(SinkError::Tls { url: shown, cause }),
+            Ok(Err(cause)) => Err(SinkError::Connect { url: shown, cause }),
+            Err(_) => Err(timed_out()),
+        }
+    } else {
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&plain, NoTls)).await {
+            Ok(Ok((client, connection))) => {
+                drive(connection);
+                Ok(client)
+            }
+            Ok(Err(cause)) => Err(SinkError::Connect { url: shown, cause }),
+            Err(_) => Err(timed_out()),
+        }
+    }
+}
+
+/// Drives a connection on the current runtime until it closes.
+fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed");
         }
     });
-    Ok(client)
+}
+
+/// Whether connecting failed in the TLS handshake (the cause is the TLS
+/// library's error, or the server refused TLS).
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<native_tls::Error>().is_some() {
+            return true;
+        }
+        cause = c.source();
+    }
+    e.to_string().contains("server does not support TLS")
 }
 
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn tls_settings_are_taken_out_for_the_connector() {
+        use super::split_tls;
+        let (dsn, tls) = split_tls("postgres://u:p@db/x?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem");
+        assert_eq!(dsn, "postgres://u:p@db/x?sslmode=require");
+        assert_eq!(
+            (tls.mode.as_str(), tls.root_cert.as_deref()),
+            ("verify-full", Some("/tmp/ca.pem".as_ref()))
+        );
+        let (dsn, tls) =
+            split_tls("postgres://db/x?sslrootcert=/tmp/ca.pem&sslmode=verify-ca&application_name=a");
+        assert_eq!(dsn, "postgres://db/x?sslmode=require&application_name=a");
+        assert_eq!(tls.mode, "verify-ca");
+        let (dsn, tls) = split_tls("host=db sslmode=verify-full sslrootcert='/tmp/my ca.pem' dbname=x");
+        assert_eq!(dsn, "host=db sslmode=require  dbname=x");
+        assert_eq!(tls.root_cert.as_deref(), Some("/tmp/my ca.pem".as_ref()));
+        let (dsn, tls) = split_tls("postgres://u:p@db/x");
+        assert_eq!((dsn.as_str(), tls.mode.as_str(), tls.root_cert), ("postgres://u:p@db/x", "prefer", None));
+    }
 
     #[test]
     fn passwords_are_hidden_in_every_form_of_connection_string() {
