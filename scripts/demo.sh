@@ -38,12 +38,16 @@ if grep -q "created" <<<"$topics_out" \
     echo "demo: the topics are new but database $db logged older ones: recreating it"
     psql -X -q "${DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\""
 fi
-$sf migrate
+$sf migrate --roles
 $sf seed --products 500 --suppliers 40
+# The processor logs in as stockflow_run, a member of stockflow_processor
+# (least privilege: its own tables, no DDL; README "Roles").
+psql -X -q "$DATABASE_URL" -c "DO \$\$ BEGIN CREATE ROLE stockflow_run LOGIN IN ROLE stockflow_processor; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$"
+run_url="${DATABASE_URL/\/\/postgres@/\/\/stockflow_run@}"
 echo "demo: producing $EVENTS events on $DAY (2% exact duplicates, 1% invalid: every rejection code)"
 $sf produce --count "$EVENTS" --start "$DAY" --days 1 --duplicate-ratio 0.02 --invalid-ratio 0.01
 echo "demo: stockflow run --workers 2 --exit-when-idle 2"
-RUST_LOG="${RUST_LOG:-warn,stockflow::run=info}" $sf run --workers 2 --exit-when-idle 2
+DATABASE_URL="$run_url" RUST_LOG="${RUST_LOG:-warn,stockflow::run=info}" $sf run --workers 2 --exit-when-idle 2
 
 psql -X -q "$DATABASE_URL" <<'SQL'
 \pset footer off

@@ -122,10 +122,20 @@ impl GlobalArgs {
     }
 }
 
+/// `stockflow migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Also create the roles of least privilege (stockflow_processor,
+    /// stockflow_reporting, stockflow_readonly) and grant them this
+    /// database's tables (sinks/src/postgres/roles.sql); safe to run again.
+    #[arg(long)]
+    pub roles: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or upgrade the database schema (safe to run again).
-    Migrate,
+    Migrate(MigrateArgs),
     /// Load a deterministic catalog and opening stock (never overwrites).
     Seed(SeedArgs),
     /// Create the six topics if missing (safe to run again).

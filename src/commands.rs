@@ -19,7 +19,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     match &cli.command {
-        Command::Migrate => done(migrate(g).await),
+        Command::Migrate(args) => done(migrate(g, args.roles).await),
         Command::Seed(args) => done(seed(g, args).await),
         Command::Topics(args) => done(topics(g, args).await),
         Command::Produce(args) => done(produce(g, args).await),
@@ -49,13 +49,17 @@ pub fn topic_names(g: &GlobalArgs) -> TopicNames {
     TopicNames::with_prefix(g.topic_prefix.clone())
 }
 
-async fn migrate(g: &GlobalArgs) -> Result<()> {
+async fn migrate(g: &GlobalArgs, roles: bool) -> Result<()> {
     let mut client = sinks::postgres::connect(&g.database_url).await?;
     let applied = sinks::postgres::migrate(&mut client).await?;
     if applied.is_empty() {
         println!("migrate: schema is up to date");
     } else {
         println!("migrate: applied {}", applied.join(", "));
+    }
+    if roles {
+        sinks::postgres::grant_roles(&client).await?;
+        println!("migrate: roles stockflow_processor, stockflow_reporting, stockflow_readonly granted");
     }
     Ok(())
 }

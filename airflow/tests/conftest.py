@@ -79,6 +79,16 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
+ROLES_SQL = REPO / "sinks" / "src" / "postgres" / "roles.sql"
+
+
+def _as_user(url: str, user: str) -> str:
+    """``url`` with ``user`` and no password (trust on loopback)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
 def _migration_files() -> list[Path]:
     def version(p: Path) -> int:
         m = re.match(r"V(\d+)__", p.name)
@@ -91,8 +101,12 @@ def _migration_files() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def pg_url():
-    """URL of a fresh stockflow database (schema from migrations/), dropped afterwards."""
+    """URL of a fresh stockflow database (schema from migrations/, the roles
+    of `stockflow migrate --roles`), dropped afterwards. The tests set data
+    up through this (the owner's) URL; the DAGs reach the database as a
+    login in ``stockflow_reporting``, as in production."""
     name = f"stockflow_airflow_test_{secrets.token_hex(4)}"
+    reporter = f"sf_report_{secrets.token_hex(4)}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = _with_database(ADMIN_URL, name)
@@ -100,13 +114,17 @@ def pg_url():
         with psycopg.connect(url, autocommit=True) as conn:
             for path in _migration_files():
                 conn.execute(path.read_text(encoding="utf-8"))
+            conn.execute(ROLES_SQL.read_text(encoding="utf-8"))
+            conn.execute(f"CREATE ROLE {reporter} LOGIN IN ROLE stockflow_reporting")
         # The DAGs reach it through the Airflow connection, as in production.
-        os.environ["AIRFLOW_CONN_STOCKFLOW_POSTGRES"] = url.replace("postgresql://", "postgres://", 1)
+        dag_url = _as_user(url, reporter)
+        os.environ["AIRFLOW_CONN_STOCKFLOW_POSTGRES"] = dag_url.replace("postgresql://", "postgres://", 1)
         yield url
     finally:
         os.environ.pop("AIRFLOW_CONN_STOCKFLOW_POSTGRES", None)
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f"DROP ROLE IF EXISTS {reporter}")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ pub mod view;
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
 pub use commit::{CommitOutcome, StockAlert, StockLevel, batch_offsets, commit_epoch, raw_bytes, raw_text};
 pub use connect::{connect, redact_url};
-pub use migrate::migrate;
+pub use migrate::{grant_roles, migrate};
 pub use operator::{
     Difference, RedriveCandidate, reconcile, record_redrives, redrive_candidates, stock_as_of,
 };
