@@ -2,7 +2,8 @@
 # The test command (README, and what .ci/run calls): installs missing
 # Debian packages, starts the local PostgreSQL and Apache Kafka (idempotent;
 # the broker's jars are assembled from Maven Central once per machine), then
-# formatting, lints, every test against those real services, the compose
+# formatting, lints, every test against those real services, a minute of
+# fuzzing per fuzz target, the compose
 # file check, the runtime image's package check, the scripts' own tests and
 # the Airflow tests. To test against other services, set
 # DATABASE_URL and KAFKA_BROKERS: then none are started.
@@ -26,6 +27,9 @@ else
     echo "test: cargo test (cargo-nextest not installed)"
     cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "test: fuzzing, 60 s per target (scripts/fuzz.sh)"
+scripts/fuzz.sh 60
 
 echo "test: Prometheus alert rules (promtool)"
 promtool check rules deploy/prometheus/alerts.yml
