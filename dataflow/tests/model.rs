@@ -1,0 +1,219 @@
+//! Property test: the dataflow against a deliberately naive model written
+//! here, for any input (valid events, exact duplicates, conflicting
+//! duplicates, invalid quantities, unknown products and suppliers), any
+//! split over epochs and 1 to 4 workers. Compared: every message's outcome,
+//! each product's stock change, and every hourly sales row.
+
+use std::collections::{BTreeMap, HashMap};
+
+use dataflow::harness;
+use dataflow::records::{Outcome, RawMessage};
+use dataflow::{Catalog, EventKind, Product, SaleSource, Supplier};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+
+const PRODUCTS: [&str; 3] = ["P1", "P2", "P3"];
+
+fn catalog() -> Catalog {
+    let product = |id: &str| Product {
+        product_id: id.into(),
+        name: id.into(),
+        category: "Test".into(),
+        price: Decimal::new(100, 2),
+        reorder_level: 3,
+        supplier_id: None,
+        quantity_on_hand: 10,
+    };
+    Catalog {
+        products: PRODUCTS.iter().map(|p| product(p)).collect(),
+        suppliers: vec![Supplier { supplier_id: "S1".into(), name: "S".into(), contact: String::new() }],
+    }
+}
+
+/// One generated input event (before it becomes JSON).
+#[derive(Clone, Debug)]
+struct Gen {
+    kind: EventKind,
+    id: u8,
+    product: &'static str,
+    quantity: u32,
+    /// Hour of 2026-11-20 the event happened in.
+    hour: u32,
+    cents: u32,
+    supplier: &'static str,
+}
+
+impl Gen {
+    fn json(&self) -> String {
+        let (id, at, p, q) =
+            (self.id, format!("2026-11-20T{:02}:15:00Z", self.hour), self.product, self.quantity);
+        let price = format!("{}.{:02}", self.cents / 100, self.cents % 100);
+        match self.kind {
+            EventKind::OnlineOrder => format!(
+                r#"{{"event_id":"e{id}","event_type":"online_order","occurred_at":"{at}","product_id":"{p}","quantity":{q},"order_id":"o{id}","customer_id":"c","unit_price":{price}}}"#
+            ),
+            EventKind::StoreSale => format!(
+                r#"{{"event_id":"e{id}","event_type":"store_sale","occurred_at":"{at}","product_id":"{p}","quantity":{q},"order_id":"o{id}","store_id":"st","unit_price":{price}}}"#
+            ),
+            EventKind::SupplierRestock => format!(
+                r#"{{"event_id":"e{id}","event_type":"supplier_restock","occurred_at":"{at}","product_id":"{p}","quantity":{q},"restock_id":"r{id}","supplier_id":"{}","unit_cost":{price}}}"#,
+                self.supplier
+            ),
+        }
+    }
+}
+
+fn gen_event() -> impl Strategy<Value = Gen> {
+    (
+        prop_oneof![
+            Just(EventKind::OnlineOrder),
+            Just(EventKind::StoreSale),
+            Just(EventKind::SupplierRestock)
+        ],
+        0u8..12, // few ids: many duplicates
+        prop_oneof![4 => Just("P1"), 4 => Just("P2"), 4 => Just("P3"), 1 => Just("NOPE")],
+        prop_oneof![9 => 1u32..6, 1 => Just(0u32)], // 0: invalid_quantity
+        0u32..3,
+        0u32..1000,
+        prop_oneof![5 => Just("S1"), 1 => Just("S9")], // S9: unknown_supplier
+    )
+        .prop_map(|(kind, id, product, quantity, hour, cents, supplier)| Gen {
+            kind,
+            id,
+            product,
+            quantity,
+            hour,
+            cents,
+            supplier,
+        })
+}
+
+/// What the model says of the whole input.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tables {
+    /// Offset -> "applied", "duplicate" or the rejection code.
+    outcomes: BTreeMap<i64, String>,
+    stock: BTreeMap<String, i64>,
+    /// (hour, product, online?) -> (units, revenue cents, orders).
+    sales: BTreeMap<(u32, String, bool), (i64, i128, i64)>,
+}
+
+/// The naive model: epoch by epoch, each epoch in position order (topic,
+/// partition, offset), the contract's rules in their order, then dedup by
+/// event id against what was applied before.
+fn model(epochs: &[Vec<(i64, Gen)>]) -> Tables {
+    let mut t = Tables::default();
+    let mut applied: HashMap<u8, String> = HashMap::new();
+    for epoch in epochs {
+        let mut order: Vec<&(i64, Gen)> = epoch.iter().collect();
+        order.sort_by_key(|(offset, g)| (g.kind, *offset));
+        for (offset, g) in order {
+            let code = if g.quantity == 0 {
+                Some("invalid_quantity")
+            } else if !PRODUCTS.contains(&g.product) {
+                Some("unknown_product")
+            } else if g.kind == EventKind::SupplierRestock && g.supplier != "S1" {
+                Some("unknown_supplier")
+            } else {
+                match applied.get(&g.id) {
+                    Some(same) if *same == g.json() => {
+                        t.outcomes.insert(*offset, "duplicate".into());
+                        continue;
+                    }
+                    Some(_) => Some("conflicting_duplicate"),
+                    None => None,
+                }
+            };
+            if let Some(code) = code {
+                t.outcomes.insert(*offset, code.into());
+                continue;
+            }
+            applied.insert(g.id, g.json());
+            t.outcomes.insert(*offset, "applied".into());
+            let q = i64::from(g.quantity);
+            match g.kind.sale_source() {
+                Some(source) => {
+                    *t.stock.entry(g.product.into()).or_insert(0) -= q;
+                    let row = t
+                        .sales
+                        .entry((g.hour, g.product.into(), source == SaleSource::Online))
+                        .or_insert((0, 0, 0));
+                    row.0 += q;
+                    row.1 += i128::from(g.cents) * i128::from(g.quantity);
+                    row.2 += 1;
+                }
+                None => *t.stock.entry(g.product.into()).or_insert(0) += q,
+            }
+        }
+    }
+    t
+}
+
+/// The same tables from the dataflow's batches.
+fn dataflow_tables(workers: usize, epochs: &[Vec<(i64, Gen)>]) -> Tables {
+    let input: Vec<Vec<RawMessage>> = epochs
+        .iter()
+        .map(|e| {
+            e.iter()
+                .map(|(offset, g)| RawMessage {
+                    kind: g.kind,
+                    partition: 0,
+                    offset: *offset,
+                    timestamp_ms: None,
+                    key: None,
+                    value: Some(g.json().into_bytes()),
+                })
+                .collect()
+        })
+        .collect();
+    let mut t = Tables::default();
+    for b in harness::run(workers, catalog(), input) {
+        for o in &b.outcomes {
+            let (offset, what) = match o {
+                Outcome::Applied { msg, .. } => (msg.offset, "applied".to_string()),
+                Outcome::Duplicate { msg } => (msg.offset, "duplicate".to_string()),
+                Outcome::Rejected { msg, rejection } => (msg.offset, rejection.code.as_str().to_string()),
+            };
+            assert!(t.outcomes.insert(offset, what).is_none(), "message {offset} has two outcomes");
+        }
+        for (p, d) in &b.stock_deltas {
+            *t.stock.entry(p.clone()).or_insert(0) += d;
+        }
+        for s in &b.sales {
+            let hour = s.key.0.format("%H").to_string().parse().unwrap_or(99);
+            let row =
+                t.sales.entry((hour, s.key.1.clone(), s.key.2 == SaleSource::Online)).or_insert((0, 0, 0));
+            row.0 += s.units;
+            row.1 += s.revenue_cents;
+            row.2 += s.orders;
+        }
+    }
+    // Net-zero entries say nothing about the tables.
+    t.stock.retain(|_, d| *d != 0);
+    t.sales.retain(|_, r| *r != (0, 0, 0));
+    t
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dataflow_matches_the_naive_model(
+        events in prop::collection::vec(gen_event(), 1..80),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        workers in 1usize..=4,
+    ) {
+        // Offsets in input order; the epochs are consecutive runs of it.
+        let numbered: Vec<(i64, Gen)> = events.into_iter().enumerate().map(|(i, g)| (i as i64, g)).collect();
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(numbered.len() + 1)).collect();
+        bounds.extend([0, numbered.len()]);
+        bounds.sort_unstable();
+        bounds.dedup();
+        let epochs: Vec<Vec<(i64, Gen)>> = bounds.windows(2).map(|w| numbered[w[0]..w[1]].to_vec()).collect();
+        let mut want = model(&epochs);
+        want.stock.retain(|_, d| *d != 0);
+        want.sales.retain(|_, r| *r != (0, 0, 0));
+        let got = dataflow_tables(workers, &epochs);
+        prop_assert_eq!(got, want);
+    }
+}
