@@ -35,6 +35,17 @@ pub fn run(workers: usize, catalog: Catalog, epochs: Vec<Vec<RawMessage>>) -> Ve
     run_shares(catalog, split(workers, epochs))
 }
 
+/// [`run`], reporting into `stats` (shared by the workers: its gauges hold
+/// the last worker's figure, exact with one worker).
+pub fn run_with_stats(
+    workers: usize,
+    catalog: Catalog,
+    epochs: Vec<Vec<RawMessage>>,
+    stats: Arc<GraphStats>,
+) -> Vec<EpochBatch> {
+    run_shares_with(catalog, split(workers, epochs), stats)
+}
+
 /// Each worker's share of every epoch (message `j` of an epoch goes to
 /// worker `j % workers`), as the sources would read them.
 pub fn split(workers: usize, epochs: Vec<Vec<RawMessage>>) -> Vec<Vec<Vec<RawMessage>>> {
@@ -57,6 +68,14 @@ pub fn split(workers: usize, epochs: Vec<Vec<RawMessage>>) -> Vec<Vec<Vec<RawMes
 /// the real driver, a committer thread receives each epoch's batch while
 /// the workers go on, and seals it ([`EpochBatch::seal`]).
 pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<EpochBatch> {
+    run_shares_with(catalog, shares, Arc::new(GraphStats::default()))
+}
+
+fn run_shares_with(
+    catalog: Catalog,
+    shares: Vec<Vec<Vec<RawMessage>>>,
+    stats: Arc<GraphStats>,
+) -> Vec<EpochBatch> {
     let workers = shares.len().max(1);
     let rounds = shares.iter().map(Vec::len).max().unwrap_or(0);
     let (sender, receiver) = std::sync::mpsc::channel::<EpochBatch>();
@@ -79,6 +98,7 @@ pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<Ep
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let sink = sink.clone();
+        let stats = stats.clone();
         let mut raw = InputHandle::new();
         let mut refs = InputHandle::new();
         let probe = ProbeHandle::new();
@@ -91,12 +111,7 @@ pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<Ep
                 preload: Vec::new(),
                 preload_floor: None,
             };
-            let records = graph::build(
-                raw.to_stream(scope),
-                refs.to_stream(scope),
-                config,
-                Arc::new(GraphStats::default()),
-            );
+            let records = graph::build(raw.to_stream(scope), refs.to_stream(scope), config, stats);
             let records = records.probe_with(&probe);
             let sender = sink.lock().ok().and_then(|s| s.clone());
             graph::commit_sink(records, move |batch| {
