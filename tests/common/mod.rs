@@ -24,6 +24,13 @@ pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// Whether the fault tests run their long form (`STOCKFLOW_FAULTS=long`,
+/// as `scripts/faults.sh long` sets it): more events, more kills, longer
+/// outages. The default is the short form CI runs.
+pub fn long_faults() -> bool {
+    std::env::var("STOCKFLOW_FAULTS").is_ok_and(|v| v == "long")
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test run: `<tag>_<pid>_<n>_<nanos>`.
@@ -613,6 +620,23 @@ impl PrivatePostgres {
             &["-D", &self.data(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "-o", &options, "start"],
         );
         assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The PIDs of the server's processes (the postmaster and its children).
+    pub fn pids(&self) -> Vec<String> {
+        let pid_file = std::path::Path::new(&self.data()).join("postmaster.pid");
+        let main = std::fs::read_to_string(pid_file).unwrap().lines().next().unwrap().trim().to_string();
+        let children = Command::new("pgrep").args(["-P", &main]).output().unwrap();
+        std::iter::once(main)
+            .chain(String::from_utf8_lossy(&children.stdout).split_whitespace().map(String::from))
+            .collect()
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to every process of the server.
+    pub fn signal_all(&self, signal: &str) {
+        let pids = self.pids();
+        let status = Command::new("kill").arg(format!("-{signal}")).args(&pids).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pids:?}");
     }
 
     /// `pg_ctl stop -m immediate`: the server ends at once, as in a crash
