@@ -15,6 +15,8 @@ use common::{PrivateKafka, TestEnv, free_port, tls};
 
 const USER: &str = "stockflow";
 const PASSWORD: &str = "s3cret-Pa55word";
+/// A user the broker knows but whose ACLs allow nothing.
+const INTRUDER: &str = "intruder";
 
 /// The broker's key and certificate for 127.0.0.1, signed by CA `ca`, as
 /// one PEM file (PKCS#8 key, then the certificate) for a PEM keystore.
@@ -73,6 +75,8 @@ inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 sasl.enabled.mechanisms=SCRAM-SHA-512
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:{USER}
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 ssl.keystore.type=PEM
 ssl.keystore.location={}
@@ -91,7 +95,9 @@ group.initial.rebalance.delay.ms=0
         keystore.display()
     );
     let scram = format!("SCRAM-SHA-512=[name={USER},password={PASSWORD}]");
-    let kafka = PrivateKafka::start_with(Some(&properties), &["--add-scram", &scram]);
+    let intruder = format!("SCRAM-SHA-512=[name={INTRUDER},password={PASSWORD}]");
+    let kafka =
+        PrivateKafka::start_with(Some(&properties), &["--add-scram", &scram, "--add-scram", &intruder]);
 
     let mut env = TestEnv::new("sasl").await;
     env.brokers = format!("127.0.0.1:{sasl_port}");
@@ -140,6 +146,19 @@ group.initial.rebalance.delay.ms=0
             &out,
             &format!("{args:?} with an untrusted certificate"),
             &["certificate", "SSL"],
+        );
+    }
+    // Authenticated, but the ACLs (StandardAuthorizer, no ACL for this
+    // user) allow nothing: a refusal, not an outage, so one line at once.
+    let denied = options(PASSWORD, &ours)
+        .replace(&format!("sasl.username={USER}"), &format!("sasl.username={INTRUDER}"));
+    for args in [&["topics"][..], &["produce", "--count", "10", "--quiet"], &["run", "--exit-when-idle", "1"]]
+    {
+        let out = output_within(with(denied.clone(), args), Duration::from_secs(30));
+        assert_one_line_failure(
+            &out,
+            &format!("{args:?} without ACLs"),
+            &["uthoriz", "may not see it"],
         );
     }
     drop(kafka);

@@ -466,13 +466,17 @@ async fn open_start(
     let all_topics: Vec<String> = input_topics.iter().cloned().chain(output_topics.iter().cloned()).collect();
     let counts = sinks::kafka::fetch_partition_counts(kafka, &all_topics).await?;
     if let Some(missing) = output_topics.iter().find(|t| !counts.contains_key(*t)) {
-        bail!("output topic {missing} does not exist (run `stockflow topics`)");
+        bail!(
+            "output topic {missing} does not exist or this client may not see it (run `stockflow topics`; check the ACLs)"
+        );
     }
     let mut partitions = Vec::new();
     for kind in EventKind::ALL {
         let topic = topics.input(kind);
         let Some(n) = counts.get(&topic) else {
-            bail!("input topic {topic} does not exist (run `stockflow topics`)");
+            bail!(
+                "input topic {topic} does not exist or this client may not see it (run `stockflow topics`; check the ACLs)"
+            );
         };
         for partition in 0..*n {
             let next_offset = offsets.get(&(topic.clone(), partition)).copied();
