@@ -155,11 +155,7 @@ group.initial.rebalance.delay.ms=0
     for args in [&["topics"][..], &["produce", "--count", "10", "--quiet"], &["run", "--exit-when-idle", "1"]]
     {
         let out = output_within(with(denied.clone(), args), Duration::from_secs(30));
-        assert_one_line_failure(
-            &out,
-            &format!("{args:?} without ACLs"),
-            &["uthoriz", "may not see it"],
-        );
+        assert_one_line_failure(&out, &format!("{args:?} without ACLs"), &["uthoriz", "may not see it"]);
     }
     drop(kafka);
     let _ = std::fs::remove_dir_all(&dir);

@@ -43,7 +43,19 @@ pub fn run_with_stats(
     epochs: Vec<Vec<RawMessage>>,
     stats: Arc<GraphStats>,
 ) -> Vec<EpochBatch> {
-    run_shares_with(catalog, split(workers, epochs), stats)
+    run_shares_with(catalog, split(workers, epochs), Vec::new(), stats)
+}
+
+/// [`run`] with reference data changing as it goes: `reference[i]` is sent
+/// in the epoch of `epochs[i]` (so it applies to that epoch's messages, as
+/// a driver's refresh does).
+pub fn run_with_reference(
+    workers: usize,
+    catalog: Catalog,
+    epochs: Vec<Vec<RawMessage>>,
+    reference: Vec<Vec<RefUpdate>>,
+) -> Vec<EpochBatch> {
+    run_shares_with(catalog, split(workers, epochs), reference, Arc::new(GraphStats::default()))
 }
 
 /// Each worker's share of every epoch (message `j` of an epoch goes to
@@ -68,14 +80,16 @@ pub fn split(workers: usize, epochs: Vec<Vec<RawMessage>>) -> Vec<Vec<Vec<RawMes
 /// the real driver, a committer thread receives each epoch's batch while
 /// the workers go on, and seals it ([`EpochBatch::seal`]).
 pub fn run_shares(catalog: Catalog, shares: Vec<Vec<Vec<RawMessage>>>) -> Vec<EpochBatch> {
-    run_shares_with(catalog, shares, Arc::new(GraphStats::default()))
+    run_shares_with(catalog, shares, Vec::new(), Arc::new(GraphStats::default()))
 }
 
 fn run_shares_with(
     catalog: Catalog,
     shares: Vec<Vec<Vec<RawMessage>>>,
+    reference: Vec<Vec<RefUpdate>>,
     stats: Arc<GraphStats>,
 ) -> Vec<EpochBatch> {
+    let reference = Arc::new(reference);
     let workers = shares.len().max(1);
     let rounds = shares.iter().map(Vec::len).max().unwrap_or(0);
     let (sender, receiver) = std::sync::mpsc::channel::<EpochBatch>();
@@ -99,6 +113,7 @@ fn run_shares_with(
         let index = worker.index();
         let sink = sink.clone();
         let stats = stats.clone();
+        let reference = reference.clone();
         let mut raw = InputHandle::new();
         let mut refs = InputHandle::new();
         let probe = ProbeHandle::new();
@@ -130,6 +145,11 @@ fn run_shares_with(
             let epoch = i as u64 + 1;
             raw.advance_to(epoch);
             refs.advance_to(epoch);
+            if index == 0 {
+                for u in reference.get(i).into_iter().flatten() {
+                    refs.send(u.clone());
+                }
+            }
             raw.send_batch(&mut messages);
             // Like a real driver: read on while the dataflow keeps up, at
             // most a few epochs ahead of what it has finished.

@@ -1,17 +1,21 @@
 //! Property test: the dataflow against a deliberately naive model written
 //! here, for any input (valid events, exact duplicates, conflicting
 //! duplicates, invalid quantities, unknown products and suppliers), any
-//! split over epochs and 1 to 4 workers. Compared: every message's outcome,
-//! each product's stock change, and every hourly sales row.
+//! split over epochs, 1 to 4 workers, and any interleaving of reference
+//! changes (a product or the supplier added or removed in any epoch).
+//! Compared: every message's outcome, each product's stock change, and
+//! every hourly sales row.
 
 use std::collections::{BTreeMap, HashMap};
 
 use dataflow::harness;
-use dataflow::records::{Outcome, RawMessage};
+use dataflow::records::{Outcome, RawMessage, RefUpdate};
 use dataflow::{Catalog, EventKind, Product, SaleSource, Supplier};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 
+/// The products of the catalog at the start; P4 is not in it, but
+/// reference changes may add it (and remove the others).
 const PRODUCTS: [&str; 3] = ["P1", "P2", "P3"];
 
 fn catalog() -> Catalog {
@@ -71,7 +75,7 @@ fn gen_event() -> impl Strategy<Value = Gen> {
             Just(EventKind::SupplierRestock)
         ],
         0u8..12, // few ids: many duplicates
-        prop_oneof![4 => Just("P1"), 4 => Just("P2"), 4 => Just("P3"), 1 => Just("NOPE")],
+        prop_oneof![4 => Just("P1"), 4 => Just("P2"), 4 => Just("P3"), 2 => Just("P4"), 1 => Just("NOPE")],
         prop_oneof![9 => 1u32..6, 1 => Just(0u32)], // 0: invalid_quantity
         0u32..3,
         0u32..1000,
@@ -88,6 +92,36 @@ fn gen_event() -> impl Strategy<Value = Gen> {
         })
 }
 
+/// One reference change: a product or supplier added or removed.
+#[derive(Clone, Debug)]
+enum Change {
+    Product(&'static str, bool),
+    Supplier(bool),
+}
+
+impl Change {
+    fn update(&self) -> RefUpdate {
+        match self {
+            Change::Product(p, true) => {
+                RefUpdate::ProductUpsert { product_id: (*p).into(), reorder_level: 3 }
+            }
+            Change::Product(p, false) => {
+                RefUpdate::ProductRemoved { product_id: (*p).into(), reorder_level: 3 }
+            }
+            Change::Supplier(true) => RefUpdate::SupplierAdded("S1".into()),
+            Change::Supplier(false) => RefUpdate::SupplierRemoved("S1".into()),
+        }
+    }
+}
+
+fn gen_change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        (prop_oneof![Just("P1"), Just("P3"), Just("P4")], any::<bool>())
+            .prop_map(|(p, on)| Change::Product(p, on)),
+        any::<bool>().prop_map(Change::Supplier),
+    ]
+}
+
 /// What the model says of the whole input.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Tables {
@@ -101,18 +135,29 @@ struct Tables {
 /// The naive model: epoch by epoch, each epoch in position order (topic,
 /// partition, offset), the contract's rules in their order, then dedup by
 /// event id against what was applied before.
-fn model(epochs: &[Vec<(i64, Gen)>]) -> Tables {
+fn model(epochs: &[Vec<(i64, Gen)>], changes: &[Vec<Change>]) -> Tables {
     let mut t = Tables::default();
     let mut applied: HashMap<u8, String> = HashMap::new();
-    for epoch in epochs {
+    let mut products: Vec<&str> = PRODUCTS.to_vec();
+    let mut supplier = true;
+    for (i, epoch) in epochs.iter().enumerate() {
+        // An epoch's reference changes apply to its own messages.
+        for c in changes.get(i).into_iter().flatten() {
+            match c {
+                Change::Product(p, true) if !products.contains(p) => products.push(p),
+                Change::Product(p, false) => products.retain(|q| q != p),
+                Change::Supplier(on) => supplier = *on,
+                Change::Product(..) => {}
+            }
+        }
         let mut order: Vec<&(i64, Gen)> = epoch.iter().collect();
         order.sort_by_key(|(offset, g)| (g.kind, *offset));
         for (offset, g) in order {
             let code = if g.quantity == 0 {
                 Some("invalid_quantity")
-            } else if !PRODUCTS.contains(&g.product) {
+            } else if !products.contains(&g.product) {
                 Some("unknown_product")
-            } else if g.kind == EventKind::SupplierRestock && g.supplier != "S1" {
+            } else if g.kind == EventKind::SupplierRestock && !(supplier && g.supplier == "S1") {
                 Some("unknown_supplier")
             } else {
                 match applied.get(&g.id) {
@@ -150,7 +195,7 @@ fn model(epochs: &[Vec<(i64, Gen)>]) -> Tables {
 }
 
 /// The same tables from the dataflow's batches.
-fn dataflow_tables(workers: usize, epochs: &[Vec<(i64, Gen)>]) -> Tables {
+fn dataflow_tables(workers: usize, epochs: &[Vec<(i64, Gen)>], changes: &[Vec<Change>]) -> Tables {
     let input: Vec<Vec<RawMessage>> = epochs
         .iter()
         .map(|e| {
@@ -167,7 +212,8 @@ fn dataflow_tables(workers: usize, epochs: &[Vec<(i64, Gen)>]) -> Tables {
         })
         .collect();
     let mut t = Tables::default();
-    for b in harness::run(workers, catalog(), input) {
+    let reference = changes.iter().map(|cs| cs.iter().map(Change::update).collect()).collect();
+    for b in harness::run_with_reference(workers, catalog(), input, reference) {
         for o in &b.outcomes {
             let (offset, what) = match o {
                 Outcome::Applied { msg, .. } => (msg.offset, "applied".to_string()),
@@ -202,6 +248,7 @@ proptest! {
         events in prop::collection::vec(gen_event(), 1..80),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
         workers in 1usize..=4,
+        changes in prop::collection::vec(prop::collection::vec(gen_change(), 0..3), 0..7),
     ) {
         // Offsets in input order; the epochs are consecutive runs of it.
         let numbered: Vec<(i64, Gen)> = events.into_iter().enumerate().map(|(i, g)| (i as i64, g)).collect();
@@ -210,10 +257,10 @@ proptest! {
         bounds.sort_unstable();
         bounds.dedup();
         let epochs: Vec<Vec<(i64, Gen)>> = bounds.windows(2).map(|w| numbered[w[0]..w[1]].to_vec()).collect();
-        let mut want = model(&epochs);
+        let mut want = model(&epochs, &changes);
         want.stock.retain(|_, d| *d != 0);
         want.sales.retain(|_, r| *r != (0, 0, 0));
-        let got = dataflow_tables(workers, &epochs);
+        let got = dataflow_tables(workers, &epochs, &changes);
         prop_assert_eq!(got, want);
     }
 }
