@@ -178,3 +178,31 @@ async fn transactional_producers_commits_apply_aborts_never_do() {
     run_to_idle_within(&env, Duration::from_secs(60));
     assert_eq!(env.count("SELECT count(*) FROM events_log").await, 600);
 }
+
+/// An input topic deleted under a running processor: librdkafka reports an
+/// unknown topic or partition (here about 30 s after the deletion), which a
+/// topic still being created also does; the processor asks the cluster,
+/// finds the topic gone, and ends with one line instead of waiting forever.
+/// What it read before stays committed.
+#[tokio::test]
+async fn a_deleted_input_topic_ends_the_run_in_one_line() {
+    let env = TestEnv::new("deleted").await;
+    env.prepare(20, 1);
+    let valid = env.produce_valid(&["--count", "200", "--seed", "5"]);
+    let processor = env.spawn(&["run", "--epoch-ms", "50"]);
+    env.wait_caught_up(Duration::from_secs(60)).await;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &env.brokers).create().unwrap();
+    let topic = env.topic("store_sales");
+    let deleted = admin.delete_topics(&[&topic], &AdminOptions::new()).await.unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    let started = Instant::now();
+    let out = common::output_within(processor, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("stockflow: error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(&format!("input topic {topic} no longer exists")), "{stderr}");
+    eprintln!("{} ({:?} after the deletion)", errors[0], started.elapsed());
+    assert_eq!(env.count("SELECT count(*) FROM events_log WHERE status = 'applied'").await, valid);
+}

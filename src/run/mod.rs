@@ -55,6 +55,9 @@ struct Shared {
     shutdown: AtomicBool,
     committed_epoch: Arc<AtomicU64>,
     committer_failed: AtomicBool,
+    /// A worker ended with an error: the others stop too, without draining
+    /// (the dead worker's epochs cannot complete).
+    worker_failed: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -274,6 +277,7 @@ async fn run_until_stopped(
         shutdown: AtomicBool::new(false),
         committed_epoch: Arc::new(AtomicU64::new(0)),
         committer_failed: AtomicBool::new(false),
+        worker_failed: AtomicBool::new(false),
         metrics: metrics.clone(),
     });
     spawn_signal_handler(shared.clone());
@@ -335,7 +339,12 @@ async fn run_until_stopped(
         let guards = timely::execute(config, move |worker| {
             // Only global worker 0 commits; it takes the one sender.
             let sender = if worker.index() == 0 { tx.lock().ok().and_then(|mut t| t.take()) } else { None };
-            run_worker(worker, setup.clone(), worker_shared.clone(), handle.clone(), sender)
+            let result = run_worker(worker, setup.clone(), worker_shared.clone(), handle.clone(), sender);
+            if result.is_err() {
+                worker_shared.worker_failed.store(true, Ordering::SeqCst);
+                worker_shared.shutdown.store(true, Ordering::SeqCst);
+            }
+            result
         })
         .map_err(|e| anyhow::anyhow!("cannot start timely workers: {e}"))?;
         let mut first_error = None;

@@ -69,6 +69,8 @@ pub(super) fn run_worker(
     }
     let mut ref_client = BlockingClient::new(handle, setup.database_url.clone(), shared.clone());
     let mut last_ref_refresh = Instant::now();
+    let mut last_topic_check = Instant::now() - TOPIC_CHECK_EVERY;
+    let mut topic_suspect_until: Option<Instant> = None;
     let mut read_in_epoch = 0usize;
     let mut last_data_epoch = 0u64;
     let mut buf = Vec::with_capacity(4096);
@@ -137,11 +139,32 @@ pub(super) fn run_worker(
             metrics.consumer_errors.inc_by(report.errors as u64);
         }
         // An outage is waited for (the client reconnects by itself); a
-        // refusal (credentials, ACLs, a deleted topic) would repeat forever.
+        // refusal (credentials, ACLs) would repeat forever.
         if let Some(e) =
             report.failures.iter().find(|e| sinks::error::kafka_failure(e) == sinks::Failure::Permanent)
         {
             return Err(format!("Kafka refused the processor's consumer: {e}"));
+        }
+        // "Unknown topic or partition" is what a topic still being created
+        // says too: ask the cluster (at most every 2 s) whether an input
+        // topic is really gone. A deleted input topic ends the run: its
+        // offsets are stored and a new topic of the same name is refused at
+        // the next start, so waiting would wait forever.
+        // librdkafka reports the error a few times, then less often: keep
+        // asking for a while after the last one (the first answer may still
+        // show a topic whose deletion is under way).
+        if report.failures.iter().any(is_unknown_topic) {
+            topic_suspect_until = Some(Instant::now() + TOPIC_SUSPECT_FOR);
+        }
+        if topic_suspect_until.is_some_and(|until| Instant::now() < until)
+            && last_topic_check.elapsed() >= TOPIC_CHECK_EVERY
+        {
+            last_topic_check = Instant::now();
+            let missing = intake.missing_topics();
+            tracing::debug!(?missing, "input topics the cluster does not know");
+            if !missing.is_empty() {
+                return Err(format!("input topic {} no longer exists (deleted?)", missing.join(", ")));
+            }
         }
         // The broker is down or unreachable: say so in the metrics (the
         // intake logs the start and the end of the outage once).
@@ -189,10 +212,14 @@ pub(super) fn run_worker(
     drop(raw);
     drop(refs);
     // Drain the open epochs, unless they cannot be committed: the committer
-    // ended, or `Validate` holds an epoch back (its lookup failed or was
-    // stopped during an outage); those epochs are read again on the next start.
+    // ended, another worker failed, or `Validate` holds an epoch back (its
+    // lookup failed or was stopped during an outage); those epochs are read
+    // again on the next start.
     while !probe.with_frontier(|f| f.is_empty()) {
-        if committer_gone.load(Ordering::Relaxed) || shared.committer_failed.load(Ordering::Relaxed) {
+        if committer_gone.load(Ordering::Relaxed)
+            || shared.committer_failed.load(Ordering::Relaxed)
+            || shared.worker_failed.load(Ordering::Relaxed)
+        {
             break;
         }
         if let Some(failure) = stats.failure() {
@@ -204,6 +231,19 @@ pub(super) fn run_worker(
         return Err("the committer stopped".into());
     }
     Ok(())
+}
+
+/// How often, at most, the worker asks whether an input topic is gone.
+const TOPIC_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How long after the last "unknown topic or partition" it keeps asking.
+const TOPIC_SUSPECT_FOR: Duration = Duration::from_secs(60);
+
+/// Whether a read error says a topic or partition is unknown (deleted, or
+/// not created yet).
+fn is_unknown_topic(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(e.rdkafka_error_code(), Some(C::UnknownTopicOrPartition | C::UnknownPartition | C::UnknownTopic))
 }
 
 /// The worker's answer when `Validate` holds an epoch back: a lookup stopped

@@ -62,7 +62,13 @@ pub struct IntakeContext {
     /// Errors of the error callback since the last read (authentication
     /// failures arrive there, not through `poll`).
     errors: std::sync::Mutex<Vec<KafkaError>>,
+    /// The last error logged and when: librdkafka repeats an error every
+    /// second while it lasts; the same text is logged again after a minute.
+    last_logged: std::sync::Mutex<Option<(String, Instant)>>,
 }
+
+/// How long the same client error stays quiet after it was logged.
+const REPEAT_LOG_AFTER: Duration = Duration::from_secs(60);
 
 impl ClientContext for IntakeContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -82,7 +88,20 @@ impl ClientContext for IntakeContext {
         let eof = matches!(error, KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
         if !eof {
-            tracing::warn!(error = %error, reason, "Kafka client error");
+            let text = format!("{error}: {reason}");
+            let repeat = self.last_logged.lock().is_ok_and(|mut last| {
+                let quiet =
+                    last.as_ref().is_some_and(|(t, at)| *t == text && at.elapsed() < REPEAT_LOG_AFTER);
+                if !quiet {
+                    *last = Some((text, Instant::now()));
+                }
+                quiet
+            });
+            if repeat {
+                tracing::debug!(error = %error, reason, "Kafka client error (again)");
+            } else {
+                tracing::warn!(error = %error, reason, "Kafka client error");
+            }
             if let Ok(mut errors) = self.errors.lock()
                 && errors.len() < KEPT_ERRORS
             {
@@ -232,6 +251,36 @@ impl Intake {
             let at = polled.into_iter().chain(*next).max().unwrap_or(low);
             at >= end
         })
+    }
+
+    /// The assigned topics the cluster no longer knows (deleted): one
+    /// metadata round trip per topic. Callers ask when reads report an
+    /// unknown topic or partition, which is also what a topic still being
+    /// created says; a broker that does not answer counts as no answer.
+    pub fn missing_topics(&self) -> Vec<String> {
+        let mut topics: Vec<&String> = self.next.keys().map(|(t, _)| t).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        topics
+            .into_iter()
+            .filter(|t| match self.consumer.fetch_metadata(Some(t.as_str()), Duration::from_secs(5)) {
+                Ok(md) => {
+                    tracing::debug!(topic = %t, "metadata of an input topic");
+                    md.topics().first().is_none_or(|mt| mt.error().is_some() || mt.partitions().is_empty())
+                }
+                // A broker that does not answer is no answer; one that
+                // says the topic is unknown is.
+                Err(e) => matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::UnknownTopic
+                            | RDKafkaErrorCode::UnknownPartition
+                    )
+                ),
+            })
+            .cloned()
+            .collect()
     }
 
     /// Whether reads fail right now (since the last error, nothing was read
