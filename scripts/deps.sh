@@ -8,11 +8,12 @@
 # Chromium, and Node.js with npm unless on the PATH, for the live view's
 # browser test (its driver, playwright-core, comes from the npm registry
 # into tests/browser/node_modules, pinned by package-lock.json); and
-# Prometheus for promtool (the alert rules' check).
+# Prometheus for promtool (the alert rules' check); procps (kill, pgrep:
+# the fault tests signal processes and find a private server's children).
 # Idempotent and quick when everything is there. Uses sudo when not root.
 set -euo pipefail
 need=()
-for pkg in build-essential cmake libssl-dev openssl pkg-config zlib1g-dev postgresql postgresql-client python3-venv chromium prometheus; do
+for pkg in build-essential cmake libssl-dev openssl pkg-config zlib1g-dev postgresql postgresql-client python3-venv chromium prometheus procps; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
