@@ -75,8 +75,8 @@ fn committer_loop(
                     merge_offsets(&mut p.offsets, next.offsets);
                 }
                 let waiting = kafka_waiting(&metrics);
-                let wait = sinks::Wait { waiting: &waiting, stop: &shared.shutdown };
-                retry_blocking(&metrics, "kafka", &shared.shutdown, || {
+                let wait = sinks::Wait { waiting: &waiting, stop: &shared.abandon_waits };
+                retry_blocking(&metrics, "kafka", &shared.abandon_waits, || {
                     outputs.publish(&p.messages, &p.offsets, p.epoch, wait)
                 })?;
                 acknowledged.fetch_max(p.epoch, Ordering::AcqRel);
@@ -106,7 +106,7 @@ fn committer_loop(
     };
     let result = commit_epochs(rx, topics, shared, handle, url, &acknowledged, &out_tx, generation);
     drop(out_tx);
-    let published_ok = join_publisher(publisher, &shared.shutdown)?;
+    let published_ok = join_publisher(publisher, &shared.abandon_waits)?;
     result?;
     published_ok?;
     *published = acknowledged.load(Ordering::Acquire);
@@ -120,7 +120,8 @@ fn committer_loop(
 const PUBLISHER_GRACE: Duration = Duration::from_secs(3);
 
 /// Hands a publication to the publisher, waiting while its queue is full,
-/// unless the process stops meanwhile: then the publication is dropped, and
+/// unless the process stops during an outage (`stop`, see
+/// [`Shared::abandon_waits`]): then the publication is dropped, and
 /// the next start re-sends it from the database (its commit is recorded as
 /// not yet published).
 fn hand_over(out_tx: &SyncSender<Publication>, mut p: Publication, stop: &AtomicBool) -> Result<()> {
@@ -139,8 +140,8 @@ fn hand_over(out_tx: &SyncSender<Publication>, mut p: Publication, stop: &Atomic
     }
 }
 
-/// Waits for the publisher to end. Once the process is stopping, it gets
-/// [`PUBLISHER_GRACE`]: a librdkafka transactional call can block well past
+/// Waits for the publisher to end. Once the process is stopping during an
+/// outage (`stop`, see [`Shared::abandon_waits`]), it gets [`PUBLISHER_GRACE`]: a librdkafka transactional call can block well past
 /// its own timeout while the broker is away (`send_offsets_to_transaction`
 /// waits for the group coordinator), and a stop must not wait for the
 /// broker. Such a thread is left behind and the process exits around it;
@@ -243,7 +244,7 @@ fn commit_epochs(
                 Publication { epoch: batch.epoch, messages, offsets: postgres::batch_offsets(topics, &batch) }
             }
         };
-        hand_over(out_tx, publication, &shared.shutdown)?;
+        hand_over(out_tx, publication, &shared.abandon_waits)?;
         shared.committed_epoch.store(batch.epoch, Ordering::Release);
         let elapsed = started.elapsed();
         let counts = batch.counts();

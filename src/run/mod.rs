@@ -58,6 +58,12 @@ struct Shared {
     /// A worker ended with an error: the others stop too, without draining
     /// (the dead worker's epochs cannot complete).
     worker_failed: AtomicBool,
+    /// Set once the process is stopping *and* waits for a dependency that
+    /// is away (`stockflow_waiting` is 1): the waits for PostgreSQL and
+    /// Kafka end then, and what was not committed or published is picked up
+    /// by the next start. A stop while both answer finishes the open epochs
+    /// and their outputs first.
+    abandon_waits: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -164,6 +170,26 @@ fn backoff() -> backon::ExponentialBuilder {
         .without_max_times()
 }
 
+/// Sets [`Shared::abandon_waits`] once the process is stopping while it
+/// waits for PostgreSQL or Kafka (checked every 50 ms).
+fn spawn_abandon_watch(shared: Arc<Shared>) {
+    let spawned = std::thread::Builder::new().name("abandon-watch".into()).spawn(move || {
+        loop {
+            let away = ["kafka", "postgres"]
+                .iter()
+                .any(|what| shared.metrics.waiting.get_or_create(&WhatLabel { what }).get() != 0);
+            if shared.shutdown.load(Ordering::Relaxed) && away {
+                shared.abandon_waits.store(true, Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the stop watcher: a stop during an outage waits for it");
+    }
+}
+
 /// How a dependency is named in log lines.
 fn display_name(what: &'static str) -> &'static str {
     match what {
@@ -205,7 +231,7 @@ impl BlockingClient {
         let handle = self.handle.clone();
         let url = self.url.clone();
         let slot = &mut self.client;
-        retry_blocking(&shared.metrics, what, &shared.shutdown, || {
+        retry_blocking(&shared.metrics, what, &shared.abandon_waits, || {
             if slot.as_ref().is_none_or(|c| c.is_closed()) {
                 *slot = Some(handle.block_on(postgres::connect(&url))?);
             }
@@ -278,9 +304,11 @@ async fn run_until_stopped(
         committed_epoch: Arc::new(AtomicU64::new(0)),
         committer_failed: AtomicBool::new(false),
         worker_failed: AtomicBool::new(false),
+        abandon_waits: AtomicBool::new(false),
         metrics: metrics.clone(),
     });
     spawn_signal_handler(shared.clone());
+    spawn_abandon_watch(shared.clone());
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr, metrics.clone())
             .await
