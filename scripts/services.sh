@@ -6,12 +6,21 @@
 #   scripts/services.sh down           stop both
 #   scripts/services.sh restart-kafka  stop the broker (SIGTERM) and start it
 #                                      again on the same log: topics survive
+#   scripts/services.sh restart-postgres  restart PostgreSQL only (-m fast:
+#                                      open sessions are cut), e.g. for a
+#                                      setting that needs a restart
 #   scripts/services.sh status         say what runs
 #   scripts/services.sh env            print the DATABASE_URL / KAFKA_BROKERS to use
 #                                      (eval "$(scripts/services.sh env)")
 #
 # PostgreSQL: Debian's postgresql package (apt-installed when missing), in a
-# private data directory with trust auth on 127.0.0.1 only.
+# private data directory with trust auth on 127.0.0.1 only. Its server
+# settings come from deploy/postgres/stockflow.conf (docs/postgres.md): `up`
+# copies that file into the data directory and includes it from
+# postgresql.conf (also in a data directory made before), then reloads a
+# running server when the file changed. Settings that need a restart
+# (shared_buffers, ...) get one at once if no client is connected, else
+# `up` names them and leaves the restart to `restart-postgres`.
 # Broker: Apache Kafka (version pinned in deploy/kafka/pom.xml), one KRaft
 # node (broker + controller) run by scripts/kafka.sh from jars assembled
 # from Maven Central once per machine, its log persistent under
@@ -31,6 +40,10 @@ PG_PORT="${STOCKFLOW_PG_PORT:-5432}"
 KAFKA_PORT="${STOCKFLOW_KAFKA_PORT:-9092}"
 PG_DATA="$STATE_DIR/postgres"
 PG_LOG="$STATE_DIR/postgres.log"
+PG_OPTS="-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp -c max_connections=200 -c fsync=on"
+PG_SETTINGS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/deploy/postgres/stockflow.conf"
+# Relative to postgresql.conf's directory: the copy in the data directory.
+PG_INCLUDE="include_if_exists = 'stockflow.conf'"
 BROKER="${STOCKFLOW_BROKER:-kafka}"
 KAFKA_DIR="$STATE_DIR/kafka"
 KAFKA_CONTROLLER_PORT="${STOCKFLOW_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
@@ -74,6 +87,77 @@ install_postgres() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+pg_sql() {
+    as_postgres "$(pg_bindir)/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -XAtq -c "$1" postgres
+}
+
+# Puts deploy/postgres/stockflow.conf into the data directory (a copy: the
+# server user may not read the checkout, and the data directory may outlive
+# it) and includes it at the end of postgresql.conf, once, so that its values
+# win over initdb's. Sets PG_SETTINGS_CHANGED=1 when either file changed.
+PG_SETTINGS_CHANGED=0
+pg_apply_settings() {
+    PG_SETTINGS_CHANGED=0
+    if [ ! -f "$PG_SETTINGS" ]; then
+        log "warning: $PG_SETTINGS not found: PostgreSQL keeps its previous settings"
+        return 0
+    fi
+    if ! cmp -s "$PG_SETTINGS" "$PG_DATA/stockflow.conf"; then
+        cp "$PG_SETTINGS" "$PG_DATA/stockflow.conf.new"
+        chmod 644 "$PG_DATA/stockflow.conf.new"
+        [ "$(id -u)" = 0 ] && chown postgres: "$PG_DATA/stockflow.conf.new"
+        mv -f "$PG_DATA/stockflow.conf.new" "$PG_DATA/stockflow.conf"
+        PG_SETTINGS_CHANGED=1
+    fi
+    if ! grep -qxF "$PG_INCLUDE" "$PG_DATA/postgresql.conf"; then
+        printf '\n# stockflow: deploy/postgres/stockflow.conf, copied here by scripts/services.sh\n%s\n' \
+            "$PG_INCLUDE" >>"$PG_DATA/postgresql.conf"
+        PG_SETTINGS_CHANGED=1
+    fi
+}
+
+# Reloads a running server and waits until the postmaster has read the files
+# (pg_conf_load_time moves), so that pending_restart below is current. A
+# value the server rejects keeps the old one and is only logged: say so.
+pg_reload() {
+    local before i logged=0
+    before="$(pg_sql "SELECT pg_conf_load_time()")"
+    [ -f "$PG_LOG" ] && logged="$(stat -c %s "$PG_LOG")"
+    as_postgres "$(pg_bindir)/pg_ctl" -D "$PG_DATA" reload >/dev/null
+    for i in $(seq 1 50); do
+        [ "$(pg_sql "SELECT pg_conf_load_time()")" != "$before" ] && break
+        sleep 0.1
+    done
+    log "PostgreSQL reloaded its settings"
+    if [ -f "$PG_LOG" ] && tail -c +"$((logged + 1))" "$PG_LOG" | grep -q 'contains errors'; then
+        log "warning: PostgreSQL rejected some settings and kept their old values: see $PG_LOG"
+    fi
+}
+
+pg_restart() {
+    [ "$(id -u)" = 0 ] && { touch "$PG_LOG"; chown postgres: "$PG_LOG"; }
+    as_postgres "$(pg_bindir)/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -m fast -w -t 60 -o "$PG_OPTS" restart >/dev/null
+    log "PostgreSQL restarted on 127.0.0.1:$PG_PORT (data $PG_DATA)"
+}
+
+# Settings read from the files that the running server cannot take without
+# a restart: restart now if no client is connected, else say so.
+pg_settle() {
+    local bad pending others
+    bad="$(pg_sql "SELECT string_agg(sourcefile || ':' || sourceline || ' ' || coalesce(name, '') || ': ' || error, '; ')
+                   FROM pg_file_settings WHERE error IS NOT NULL AND error <> 'setting could not be applied'")"
+    [ -z "$bad" ] || log "warning: PostgreSQL ignored settings: $bad"
+    pending="$(pg_sql "SELECT string_agg(name, ', ' ORDER BY name) FROM pg_settings WHERE pending_restart")"
+    [ -n "$pending" ] || return 0
+    others="$(pg_sql "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")"
+    if [ "$others" = 0 ]; then
+        log "restarting PostgreSQL (no client connected) for: $pending"
+        pg_restart
+    else
+        log "PostgreSQL runs with the old $pending until restarted ($others client(s) connected): scripts/services.sh restart-postgres"
+    fi
+}
+
 pg_up() {
     install_postgres
     local bin
@@ -86,8 +170,10 @@ pg_up() {
         [ "$(id -u)" = 0 ] && chown postgres: "$PG_DATA"
         as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
     fi
+    pg_apply_settings
     if as_postgres "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
         log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+        [ "$PG_SETTINGS_CHANGED" = 0 ] || pg_reload
     else
         if port_open "$PG_PORT"; then
             # Most often Debian's own cluster; it would shadow ours.
@@ -100,10 +186,10 @@ pg_up() {
             fi
         fi
         [ "$(id -u)" = 0 ] && { touch "$PG_LOG"; chown postgres: "$PG_LOG"; }
-        as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 \
-            -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp -c max_connections=200 -c fsync=on" start >/dev/null
+        as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 -o "$PG_OPTS" start >/dev/null
         log "PostgreSQL started on 127.0.0.1:$PG_PORT (data $PG_DATA)"
     fi
+    pg_settle
     local db
     for db in stockflow; do
         if ! as_postgres "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" postgres | grep -q 1; then
@@ -196,6 +282,12 @@ print_env() {
 case "${1:-}" in
     up) pg_up; kafka_up; print_env ;;
     down) kafka_down; pg_down ;;
+    restart-postgres)
+        [ -s "$PG_DATA/PG_VERSION" ] && as_postgres "$(pg_bindir)/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1 ||
+            die "PostgreSQL is not running (data $PG_DATA): use up"
+        pg_apply_settings
+        pg_restart
+        ;;
     restart-kafka)
         kafka_down; kafka_up
         if [ "$BROKER" = tansu ]; then
@@ -209,5 +301,5 @@ case "${1:-}" in
         else echo "kafka: stopped"; fi
         ;;
     env) print_env ;;
-    *) echo "usage: $0 up|down|status|env|restart-kafka" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|env|restart-kafka|restart-postgres" >&2; exit 2 ;;
 esac
