@@ -151,6 +151,9 @@ pub enum Command {
     Stock(StockArgs),
     /// Dead-letter tools.
     Dlq(DlqArgs),
+    /// Write the day partitions of old history to compressed files and drop
+    /// them (or verify an archive's files).
+    Archive(ArchiveArgs),
     /// The live web view (stock, alerts, sales by hour, rejections, health) and its JSON API.
     Serve(ServeArgs),
 }
@@ -188,6 +191,22 @@ pub struct StockArgs {
     /// Only this product.
     #[arg(long)]
     pub product: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["before", "verify"])))]
+pub struct ArchiveArgs {
+    /// Archive every day (UTC, of commit time) before this date, YYYY-MM-DD;
+    /// at most today.
+    #[arg(long, value_name = "DATE", requires = "to")]
+    pub before: Option<chrono::NaiveDate>,
+    /// The directory the files and manifest.json go to (made if missing).
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<std::path::PathBuf>,
+    /// Only check the archive in DIR: every file of its manifest.json
+    /// against its SHA-256 and number of rows.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["before", "to"])]
+    pub verify: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

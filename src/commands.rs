@@ -26,6 +26,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => done(crate::run::run(g, args, kafka_config(g), topic_names(g)).await),
         Command::Reconcile => crate::operator::reconcile(g).await,
         Command::Stock(args) => crate::operator::stock(g, args).await,
+        Command::Archive(args) => done(crate::operator::archive(g, args).await),
         Command::Dlq(DlqArgs { command: DlqCommand::Redrive(args) }) => {
             crate::operator::redrive(g, args).await
         }
@@ -52,6 +53,7 @@ pub fn topic_names(g: &GlobalArgs) -> TopicNames {
 async fn migrate(g: &GlobalArgs, roles: bool) -> Result<()> {
     let mut client = sinks::postgres::connect(&g.database_url).await?;
     let applied = sinks::postgres::migrate(&mut client).await?;
+    sinks::postgres::ensure_partitions(&client).await?;
     if applied.is_empty() {
         println!("migrate: schema is up to date");
     } else {

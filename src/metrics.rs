@@ -48,6 +48,7 @@ pub struct Metrics {
     pub low_stock_products: Gauge,
     pub stock_alerts: Counter,
     pub dedup_ids: Gauge,
+    pub dedup_beyond_history: Counter,
     pub waiting: Family<WhatLabel, Gauge>,
 }
 
@@ -109,6 +110,13 @@ impl Metrics {
         registry.register("stock_alerts", "Stock alerts raised (low and recovered)", stock_alerts.clone());
         let dedup_ids = Gauge::default();
         registry.register("dedup_ids", "Event ids held in the in-memory dedup horizon", dedup_ids.clone());
+        let dedup_beyond_history = Counter::default();
+        registry.register(
+            "dedup_beyond_history",
+            "Events applied whose ids are not in the held history and which occurred before its first \
+             instant: each might repeat an archived event",
+            dedup_beyond_history.clone(),
+        );
         let waiting = Family::<WhatLabel, Gauge>::default();
         registry.register("waiting", "1 while waiting for an unavailable dependency", waiting.clone());
         Arc::new(Metrics {
@@ -126,6 +134,7 @@ impl Metrics {
             low_stock_products,
             stock_alerts,
             dedup_ids,
+            dedup_beyond_history,
             waiting,
         })
     }

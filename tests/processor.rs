@@ -213,7 +213,8 @@ async fn tables(env: &TestEnv) -> Vec<String> {
     for q in [
         "SELECT event_id, topic, kafka_partition, kafka_offset, raw_event, status, error_code, error_detail, event_type, \
          product_id, delta, occurred_at, encode(content_hash, 'hex') FROM events_log ORDER BY topic, kafka_partition, kafka_offset",
-        "SELECT * FROM orders ORDER BY event_id",
+        "SELECT event_id, order_id, product_id, quantity, unit_price, source, customer_id, store_id, occurred_at \
+         FROM orders ORDER BY event_id",
         "SELECT product_id, quantity_on_hand, opening_quantity FROM inventory ORDER BY product_id",
         "SELECT day, product_id, source, units, revenue, order_count FROM sales_daily ORDER BY 1, 2, 3",
         "SELECT topic, kafka_partition, next_offset FROM source_offsets ORDER BY 1, 2",

@@ -100,7 +100,7 @@ pub async fn delete_topics(prefix: &str) {
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
     let names: Vec<String> =
-        ["online_orders", "store_sales", "supplier_restocks", "inventory_updates", "dlq"]
+        ["online_orders", "store_sales", "supplier_restocks", "inventory_updates", "stock_alerts", "dlq"]
             .iter()
             .map(|t| format!("{prefix}{t}"))
             .collect();

@@ -18,6 +18,16 @@
 //!
 //! Memory is thus bounded by the traffic inside the horizon, not by the
 //! number of events ever seen. Most traffic is recent, so lookups are rare.
+//!
+//! Beyond the history held: `stockflow archive` drops the oldest days of
+//! the log, and with them their ids. An event older than the horizon whose
+//! id is not in the held history is new; if its `occurred_at` is before
+//! the first instant held ([`AppliedLookup::held_from`]) it might repeat
+//! an archived event, which nothing can tell any more: it is applied, and
+//! counted (`GraphStats::dedup_beyond_history`, the metric
+//! `stockflow_dedup_beyond_history_total`, a warning) so that an operator
+//! can check it against the archive. Exactly-once holds for everything
+//! still held; ARCHITECTURE.md ("History at scale") states the rule.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -28,6 +38,13 @@ pub trait AppliedLookup {
     /// For each of `ids` that was applied, its content fingerprint. An
     /// error holds the epoch back: it is never decided without the answer.
     fn applied(&mut self, ids: &[String]) -> Result<HashMap<String, u128>, LookupError>;
+
+    /// The first instant of commit time the store still holds, as of the
+    /// last [`AppliedLookup::applied`] (`None`: it holds every event ever
+    /// applied). Older events were archived: their ids are no longer known.
+    fn held_from(&self) -> Option<DateTime<Utc>> {
+        None
+    }
 }
 
 /// Why a lookup has no answer.

@@ -81,6 +81,10 @@ pub struct GraphStats {
     pub dedup_late: AtomicU64,
     /// Look-ups of ids older than the horizon.
     pub dedup_lookups: AtomicU64,
+    /// Events older than the horizon, not in the held history, and older
+    /// than its first instant: applied, though they might repeat an
+    /// archived event (see `dedup`).
+    pub dedup_beyond_history: AtomicU64,
     /// Why `Validate` holds an epoch back (a lookup failed): the driver
     /// reads it and stops; the epoch is never emitted half-decided.
     pub failure: std::sync::Mutex<Option<LookupError>>,
@@ -297,7 +301,19 @@ fn look_up_old_ids(
         return Ok(HashMap::new());
     }
     stats.dedup_lookups.fetch_add(1, Ordering::Relaxed);
-    lookup.applied(&old_ids)
+    let found = lookup.applied(&old_ids)?;
+    if let Some(held_from) = lookup.held_from() {
+        let beyond = batch
+            .iter()
+            .filter_map(|d| d.result.as_ref().ok())
+            .filter(|e| e.occurred_at < held_from && !dedup.covers(e.occurred_at))
+            .filter(|e| !found.contains_key(&e.event_id))
+            .map(|e| e.event_id.as_str())
+            .collect::<HashSet<_>>()
+            .len();
+        stats.dedup_beyond_history.fetch_add(beyond as u64, Ordering::Relaxed);
+    }
+    Ok(found)
 }
 
 /// Decides every message of one epoch, in position order (`from_db`: the

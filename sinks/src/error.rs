@@ -200,6 +200,22 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl SinkError {
+    /// The SQLSTATE of a statement PostgreSQL refused.
+    pub fn db_code(&self) -> Option<&SqlState> {
+        match self {
+            SinkError::Postgres { cause, .. } => cause.code(),
+            _ => None,
+        }
+    }
+
+    /// The server's own message of a statement PostgreSQL refused.
+    pub fn db_message(&self) -> Option<&str> {
+        match self {
+            SinkError::Postgres { cause, .. } => cause.as_db_error().map(|d| d.message()),
+            _ => None,
+        }
+    }
+
     /// Wraps a statement error with what we were doing.
     pub fn pg(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
         move |cause| SinkError::Postgres { context, cause }

@@ -195,6 +195,10 @@ fn commit_epochs(
     let mut db = BlockingClient::new(handle.clone(), url.to_string(), shared.clone());
     let mut low_products = db.with("postgres", |h, c| h.block_on(postgres::low_count(c)))?;
     metrics.low_stock_products.set(low_products);
+    // The day partitions of events_log and orders (migration V7) exist a
+    // week ahead; a commit whose day comes within two days of the end
+    // makes the next ones, outside its own transaction.
+    let mut partitions_through = db.with("postgres", |h, c| h.block_on(postgres::ensure_partitions(c)))?;
     for mut batch in rx.iter() {
         // Group commit: epochs that queued up while the last transaction
         // ran go into one transaction, so a slow commit is not followed by
@@ -221,6 +225,10 @@ fn commit_epochs(
         let db_ms = started.elapsed().as_secs_f64() * 1e3;
         let publication = match outcome {
             CommitOutcome::Committed { stock, alerts, offsets, committed_at } => {
+                if committed_at.date_naive() + chrono::Days::new(2) > partitions_through {
+                    partitions_through =
+                        db.with("postgres", |h, c| h.block_on(postgres::ensure_partitions(c)))?;
+                }
                 log_alerts(batch.epoch, &alerts, &mut low_products);
                 metrics.low_stock_products.set(low_products);
                 metrics.stock_alerts.inc_by(alerts.len() as u64);

@@ -30,6 +30,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
 use dataflow::dedup::{AppliedLookup, LookupError};
 use dataflow::graph::{self, GraphConfig, GraphStats};
 use dataflow::records::{EpochBatch, Outcome, RefUpdate, route_event_id};
@@ -248,14 +249,28 @@ impl BlockingClient {
 /// Looks up applied ids older than the dedup horizon in `events_log`. An
 /// error (a broken schema, or a stop during an outage) goes back to the
 /// dataflow, which holds the epoch back and reports it to the worker loop.
-struct PgLookup(BlockingClient);
+/// Each look-up also reads how far back the log is held
+/// (`history_held_from()`), for the rule on ids beyond it (`dataflow::dedup`).
+struct PgLookup {
+    db: BlockingClient,
+    held_from: Option<DateTime<Utc>>,
+}
 
 impl AppliedLookup for PgLookup {
     fn applied(&mut self, ids: &[String]) -> Result<HashMap<String, u128>, LookupError> {
-        self.0.with("postgres", |h, c| h.block_on(postgres::applied_hashes(c, ids))).map_err(|e| match e {
-            SinkError::Interrupted(_) => LookupError::Interrupted,
-            e => LookupError::Failed(format!("cannot look up applied event ids: {e}")),
-        })
+        let (found, held_from) = self
+            .db
+            .with("postgres", |h, c| h.block_on(postgres::applied_hashes(c, ids)))
+            .map_err(|e| match e {
+                SinkError::Interrupted(_) => LookupError::Interrupted,
+                e => LookupError::Failed(format!("cannot look up applied event ids: {e}")),
+            })?;
+        self.held_from = held_from;
+        Ok(found)
+    }
+
+    fn held_from(&self) -> Option<DateTime<Utc>> {
+        self.held_from
     }
 }
 

@@ -28,7 +28,10 @@ pub(super) fn run_worker(
         .filter(|(id, _, _)| (route_event_id(id) % peers as u64) as usize == index)
         .map(|(id, hash, at)| (dataflow::dedup::id_key(id), *hash, *at))
         .collect();
-    let lookup = PgLookup(BlockingClient::new(handle.clone(), setup.database_url.clone(), shared.clone()));
+    let lookup = PgLookup {
+        db: BlockingClient::new(handle.clone(), setup.database_url.clone(), shared.clone()),
+        held_from: None,
+    };
     let mut raw = InputHandle::<u64, _>::new();
     let mut refs = InputHandle::<u64, _>::new();
     let probe = ProbeHandle::new();
@@ -185,6 +188,17 @@ pub(super) fn run_worker(
             }
         }
         metrics.dedup_ids.set(stats.dedup_ids.load(Ordering::Relaxed) as i64);
+        let beyond = stats.dedup_beyond_history.load(Ordering::Relaxed);
+        let counted = metrics.dedup_beyond_history.get();
+        if beyond > counted {
+            metrics.dedup_beyond_history.inc_by(beyond - counted);
+            tracing::warn!(
+                worker = index,
+                events = beyond - counted,
+                "applied events whose ids are not in the held history and which occurred before it: each \
+                 might repeat an archived event (see ARCHITECTURE.md, History at scale)"
+            );
+        }
         if last_lag_check.elapsed() >= Duration::from_secs(1) {
             last_lag_check = Instant::now();
             metrics

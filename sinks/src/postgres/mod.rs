@@ -4,6 +4,7 @@
 mod catalog;
 mod commit;
 mod connect;
+mod history;
 mod migrate;
 mod operator;
 mod state;
@@ -12,6 +13,9 @@ pub mod view;
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
 pub use commit::{CommitOutcome, StockAlert, StockLevel, batch_offsets, commit_epoch, raw_bytes, raw_text};
 pub use connect::{connect, redact_url};
+pub use history::{
+    ArchiveReport, ArchivedFile, PARTITION_DAYS_AHEAD, archive, ensure_partitions, verify_archive,
+};
 pub use migrate::{grant_roles, migrate};
 pub use operator::{
     Difference, RedriveCandidate, reconcile, record_redrives, redrive_candidates, stock_as_of,

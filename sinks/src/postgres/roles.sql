@@ -47,6 +47,13 @@ GRANT SELECT, INSERT, UPDATE ON
     processor_status
     TO stockflow_processor;
 
+-- The processor makes the coming days' partitions through the one function
+-- that may (it runs with its owner's rights; migration V7), and reads how
+-- far the history is held.
+REVOKE EXECUTE ON FUNCTION stockflow_ensure_partitions(date, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION stockflow_ensure_partitions(date, date) TO stockflow_processor;
+GRANT SELECT ON archived_partitions TO stockflow_processor;
+
 -- Reporting: everything, read; the reports, written.
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO stockflow_reporting;
 GRANT INSERT, UPDATE ON reports TO stockflow_reporting;
@@ -54,5 +61,6 @@ GRANT INSERT, UPDATE ON reports TO stockflow_reporting;
 -- Read-only: everything, read.
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO stockflow_readonly;
 
--- Functions (stock_is_low, stock_as_of, reconcile_differences) are
--- executable by every role (PostgreSQL's default for functions).
+-- The other functions (stock_is_low, stock_as_of, reconcile_differences,
+-- history_held_from) are executable by every role (PostgreSQL's default
+-- for functions). `stockflow archive` runs as the owner: it drops tables.

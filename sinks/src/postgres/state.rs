@@ -113,9 +113,14 @@ pub async fn load_recent_applied(
         .collect())
 }
 
-/// Content fingerprints of those of `ids` that were applied.
-pub async fn applied_hashes(client: &Client, ids: &[String]) -> Result<HashMap<String, u128>, SinkError> {
-    Ok(client
+/// Content fingerprints of those of `ids` that were applied (in every
+/// partition still held), and the first instant of commit time held
+/// (`history_held_from()`; `None`: nothing was ever archived).
+pub async fn applied_hashes(
+    client: &Client,
+    ids: &[String],
+) -> Result<(HashMap<String, u128>, Option<DateTime<Utc>>), SinkError> {
+    let found = client
         .query(
             "SELECT event_id, content_hash FROM events_log WHERE status = 'applied' AND event_id = ANY($1)",
             &[&ids],
@@ -124,7 +129,13 @@ pub async fn applied_hashes(client: &Client, ids: &[String]) -> Result<HashMap<S
         .map_err(SinkError::pg("look up applied ids"))?
         .iter()
         .map(|r| (r.get(0), hash_of(r.get(1))))
-        .collect())
+        .collect();
+    let held_from = client
+        .query_one("SELECT history_held_from()", &[])
+        .await
+        .map_err(SinkError::pg("read how far back the log is held"))?
+        .get(0);
+    Ok((found, held_from))
 }
 
 /// The last epoch whose output messages were acknowledged by the broker.
