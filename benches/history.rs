@@ -124,11 +124,11 @@ async fn synthesize_history(url: &str, n: i64, days: i32) {
              INSERT INTO epochs (epoch, messages, applied, duplicates, rejected, started_at, committed_at)
              SELECT epoch, count(*), count(*), 0, 0, min(processed_at), max(processed_at)
              FROM events_log GROUP BY epoch;
-             UPDATE stream_progress SET published_epoch = (SELECT max(epoch) FROM epochs);
-             VACUUM ANALYZE;",
+             UPDATE stream_progress SET published_epoch = (SELECT max(epoch) FROM epochs);",
         )
         .await
         .unwrap();
+    client.batch_execute("VACUUM ANALYZE").await.unwrap();
     println!("history: {n} events and their derived tables in {:.0} s", since(t));
 }
 
@@ -262,6 +262,7 @@ async fn main() {
     let prefix = format!("bench_hist_{stamp}.");
     let load = fresh_db(&format!("sf_bench_hload_{stamp}")).await;
     ok(&load, &prefix, &["migrate"]);
+    ok(&load, &prefix, &["seed", "--products", "1000", "--suppliers", "50"]);
     ok(&load, &prefix, &["topics", "--partitions", "4"]);
     let summary = ok(
         &load,
