@@ -9,7 +9,9 @@
 //! "100000,1000000,5000000" runs each size), STOCKFLOW_BENCH_WORKERS
 //! (default "1,2"), STOCKFLOW_BENCH_RUNS (default 1: runs per size and
 //! worker count; the median is printed at the end),
-//! STOCKFLOW_BENCH_PARTITIONS (default 4).
+//! STOCKFLOW_BENCH_PARTITIONS (default 4), STOCKFLOW_BENCH_DAYS (default 3:
+//! the days of event time the events spread over), STOCKFLOW_BENCH_CEILING
+//! (default 1; 0 skips the COPY ceiling, e.g. for 20 M events).
 //!
 //! `cargo bench --bench e2e`
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -47,14 +49,18 @@ async fn copy_in(tx: &tokio_postgres::Transaction<'_>, statement: &str, chunks: 
 }
 
 /// Seconds to COPY the pipeline's events_log and orders rows into empty
-/// tables of the same shape (columns, checks, indexes) in one transaction.
+/// tables of the same shape (columns, checks, the indexes of the
+/// partitioned tables and the unique ones each day's partition has) in one
+/// transaction.
 async fn copy_ceiling(url: &str) -> (f64, u64) {
     let mut client = connect(url).await;
     client
         .batch_execute(
             "DROP SCHEMA IF EXISTS ceiling CASCADE; CREATE SCHEMA ceiling; \
              CREATE TABLE ceiling.events_log (LIKE public.events_log INCLUDING ALL); \
-             CREATE TABLE ceiling.orders (LIKE public.orders INCLUDING ALL);",
+             CREATE TABLE ceiling.orders (LIKE public.orders INCLUDING ALL); \
+             CREATE UNIQUE INDEX ON ceiling.events_log (event_id) WHERE status = 'applied'; \
+             CREATE UNIQUE INDEX ON ceiling.orders (event_id);",
         )
         .await
         .unwrap();
@@ -106,7 +112,8 @@ async fn drain(n: u64, w: u16, prefix: &str, db: &str) -> f64 {
     assert_eq!(handled as u64, n, "every message handled");
     let drain = (last - started).num_milliseconds() as f64 / 1e3;
     let written = (db_size(&url).await - before).max(0) as u64;
-    let (ceiling, rows) = copy_ceiling(&url).await;
+    let (ceiling, rows) =
+        if env_or("STOCKFLOW_BENCH_CEILING", 1) == 1 { copy_ceiling(&url).await } else { (f64::NAN, 0) };
     let rate = n as f64 / drain;
     let ceiling_rate = n as f64 / ceiling;
     println!(
@@ -130,6 +137,7 @@ async fn main() {
     let partitions: u32 = env_or("STOCKFLOW_BENCH_PARTITIONS", 4);
     let workers: Vec<u16> = list("STOCKFLOW_BENCH_WORKERS", "1,2");
     let runs: usize = env_or("STOCKFLOW_BENCH_RUNS", 1);
+    let days: f64 = env_or("STOCKFLOW_BENCH_DAYS", 3.0);
     let stamp = stamp();
     println!(
         "e2e: events {sizes:?}, {partitions} partitions per topic, workers {workers:?}, {runs} run(s) each"
@@ -153,7 +161,7 @@ async fn main() {
                 "--seed",
                 "1",
                 "--days",
-                "3",
+                &days.to_string(),
                 "--duplicate-ratio",
                 "0.01",
                 "--invalid-ratio",

@@ -9,11 +9,13 @@
 //!    `stock_hourly`, `sales_hourly`, `sales_daily`, `epochs`), then drains
 //!    the same N events into it: events/s against the empty database, same
 //!    run, and peak RSS.
-//! 4. Restart: more events, a processor killed (`kill -9`) after its first
+//! 4. A storm of late events (each older than the dedup horizon, so looked
+//!    up in the database) into both databases.
+//! 5. Restart: more events, a processor killed (`kill -9`) after its first
 //!    commit, a new one started: seconds from its exec to its first commit,
 //!    on the database with history (and on the empty one, for comparison).
-//! 5. `reconcile`, `stock --as-of` and `--processed-as-of` with all of the
-//!    history held; then `stockflow archive` of every day but the last two;
+//! 6. `reconcile`, `stock --as-of` and `--processed-as-of` with all of the
+//!    history held; then `stockflow archive` of every day but the last ten;
 //!    then the same commands again (their answers at held instants compared
 //!    with the ones before) and `archive --verify`.
 //!
@@ -37,8 +39,14 @@ use common::*;
 /// Events of history inserted per statement.
 const CHUNK: i64 = 1_000_000;
 
+/// Days between the end of the history and today: the drained events
+/// spread over the last 3 days of event time.
+const HISTORY_GAP: i32 = 3;
+
 /// Fills a migrated, seeded database (1 000 products) with `n` applied
-/// events committed evenly over the `days` days before today, in the shape
+/// events committed evenly over the `days` days that end [`HISTORY_GAP`]
+/// days before today (where the drained events' event time begins: the
+/// history comes before them, as in production), in the shape
 /// the processor writes, with every derived table consistent with them
 /// (reconcile holds). Event ids are random-looking (md5), as UUIDs are, so
 /// that the per-day indexes on them behave as in production.
@@ -46,9 +54,9 @@ async fn synthesize_history(url: &str, n: i64, days: i32) {
     let client = connect(url).await;
     client
         .execute(
-            "SELECT stockflow_ensure_partitions((now() AT TIME ZONE 'UTC')::date - $1::int, \
-                                                (now() AT TIME ZONE 'UTC')::date - 1)",
-            &[&days],
+            "SELECT stockflow_ensure_partitions((now() AT TIME ZONE 'UTC')::date - $1::int - $2::int, \
+                                                (now() AT TIME ZONE 'UTC')::date - $2::int - 1)",
+            &[&days, &HISTORY_GAP],
         )
         .await
         .unwrap();
@@ -64,7 +72,7 @@ async fn synthesize_history(url: &str, n: i64, days: i32) {
                                ELSE 'store_sale' END AS kind,
                           'SKU-' || lpad((1 + (g * 7919) % 1000)::text, 6, '0') AS product,
                           1 + g % 5 AS qty,
-                          ((now() AT TIME ZONE 'UTC')::date - $3::int)::timestamp AT TIME ZONE 'UTC'
+                          ((now() AT TIME ZONE 'UTC')::date - $3::int - $5::int)::timestamp AT TIME ZONE 'UTC'
                             + (g - 1) * ($3::int * 86400.0 / $4::bigint) * interval '1 second' AS processed
                    FROM generate_series($1::bigint, $2::bigint) g),
                  logged AS (
@@ -94,7 +102,7 @@ async fn synthesize_history(url: &str, n: i64, days: i32) {
                         CASE event_type WHEN 'store_sale' THEN 'ST-1' END,
                         occurred_at, processed_at
                  FROM logged WHERE event_type <> 'supplier_restock'",
-                &[&from, &to, &days, &n],
+                &[&from, &to, &days, &n, &HISTORY_GAP],
             )
             .await
             .unwrap();
@@ -317,6 +325,34 @@ async fn main() {
         mb(rss_hist),
         mb(rss_empty)
     );
+    // A storm of late events: 100 000 that occurred on the history's last
+    // day (3 days and more before the newest), every one older than the
+    // dedup horizon, so each is looked up in the database.
+    let late_start = (Utc::now().date_naive() - chrono::Days::new(HISTORY_GAP as u64 + 1)).to_string();
+    let late = 100_000u64;
+    let summary = ok(
+        &empty,
+        &prefix,
+        &[
+            "produce",
+            "--count",
+            &late.to_string(),
+            "--seed",
+            "77",
+            "--start",
+            &late_start,
+            "--days",
+            "1",
+            "--quiet",
+        ],
+    );
+    println!("late events: {}", summary.trim());
+    let (late_empty, _) = drain(&empty, &prefix, late, workers).await;
+    let (late_hist, _) = drain(&hist, &prefix, late, workers).await;
+    println!(
+        "late events with history: {:.0} % of the empty database's rate ({late_hist:.0} against {late_empty:.0} events/s)",
+        100.0 * late_hist / late_empty
+    );
     let restart_empty = restart_to_first_commit(&empty, &prefix).await;
     println!("restart (empty database): {restart_empty:.2} s from exec to the first commit");
     admin.batch_execute(&format!("DROP DATABASE {empty_db} WITH (FORCE)")).await.unwrap();
@@ -325,7 +361,7 @@ async fn main() {
 
     // 4. Operator commands with everything held, then after the archive.
     let today = Utc::now().date_naive();
-    let keep_from = (today - chrono::Days::new(2)).and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let keep_from = (today - chrono::Days::new(10)).and_hms_opt(0, 0, 0).unwrap().and_utc();
     let now = Utc::now();
     // Event time: instants in the held days, none on an hour boundary;
     // commit time likewise.

@@ -37,7 +37,17 @@ use chrono::{DateTime, Duration, Utc};
 pub trait AppliedLookup {
     /// For each of `ids` that was applied, its content fingerprint. An
     /// error holds the epoch back: it is never decided without the answer.
-    fn applied(&mut self, ids: &[String]) -> Result<HashMap<String, u128>, LookupError>;
+    ///
+    /// `occurred_since` is the earliest `occurred_at` among the events
+    /// asked about: a store kept by commit time need only search what was
+    /// committed since shortly before it (a copy of an event carries its
+    /// `occurred_at`, and an event is not committed before it occurred,
+    /// give or take the producers' clocks).
+    fn applied(
+        &mut self,
+        ids: &[String],
+        occurred_since: DateTime<Utc>,
+    ) -> Result<HashMap<String, u128>, LookupError>;
 
     /// The first instant of commit time the store still holds, as of the
     /// last [`AppliedLookup::applied`] (`None`: it holds every event ever
@@ -63,7 +73,11 @@ pub enum LookupError {
 pub struct NoLookup;
 
 impl AppliedLookup for NoLookup {
-    fn applied(&mut self, _ids: &[String]) -> Result<HashMap<String, u128>, LookupError> {
+    fn applied(
+        &mut self,
+        _ids: &[String],
+        _occurred_since: DateTime<Utc>,
+    ) -> Result<HashMap<String, u128>, LookupError> {
         Ok(HashMap::new())
     }
 }

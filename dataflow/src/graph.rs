@@ -289,19 +289,18 @@ fn look_up_old_ids(
     lookup: &mut dyn AppliedLookup,
     stats: &GraphStats,
 ) -> Result<HashMap<String, u128>, LookupError> {
-    let old_ids: Vec<String> = batch
+    let old: Vec<&crate::model::Event> = batch
         .iter()
-        .filter_map(|d| d.result.as_ref().ok())
+        .filter_map(|d| d.result.as_deref().ok())
         .filter(|e| !dedup.covers(e.occurred_at))
-        .map(|e| e.event_id.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
         .collect();
-    if old_ids.is_empty() {
+    let Some(since) = old.iter().map(|e| e.occurred_at).min() else {
         return Ok(HashMap::new());
-    }
+    };
+    let old_ids: Vec<String> =
+        old.iter().map(|e| e.event_id.clone()).collect::<HashSet<_>>().into_iter().collect();
     stats.dedup_lookups.fetch_add(1, Ordering::Relaxed);
-    let found = lookup.applied(&old_ids)?;
+    let found = lookup.applied(&old_ids, since)?;
     if let Some(held_from) = lookup.held_from() {
         let beyond = batch
             .iter()

@@ -257,10 +257,14 @@ struct PgLookup {
 }
 
 impl AppliedLookup for PgLookup {
-    fn applied(&mut self, ids: &[String]) -> Result<HashMap<String, u128>, LookupError> {
+    fn applied(
+        &mut self,
+        ids: &[String],
+        occurred_since: DateTime<Utc>,
+    ) -> Result<HashMap<String, u128>, LookupError> {
         let (found, held_from) = self
             .db
-            .with("postgres", |h, c| h.block_on(postgres::applied_hashes(c, ids)))
+            .with("postgres", |h, c| h.block_on(postgres::applied_hashes(c, ids, occurred_since)))
             .map_err(|e| match e {
                 SinkError::Interrupted(_) => LookupError::Interrupted,
                 e => LookupError::Failed(format!("cannot look up applied event ids: {e}")),

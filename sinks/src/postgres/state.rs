@@ -113,17 +113,27 @@ pub async fn load_recent_applied(
         .collect())
 }
 
-/// Content fingerprints of those of `ids` that were applied (in every
-/// partition still held), and the first instant of commit time held
-/// (`history_held_from()`; `None`: nothing was ever archived).
+/// Content fingerprints of those of `ids` that were applied, and the first
+/// instant of commit time held (`history_held_from()`; `None`: nothing was
+/// ever archived).
+///
+/// Only the days committed since [`LOOKUP_CLOCK_SLACK`] before
+/// `occurred_since` (the earliest `occurred_at` of the events asked about)
+/// are searched: a copy of an event carries its `occurred_at`, and its
+/// first application was committed after it occurred, unless its producer's
+/// clock ran more than the slack ahead. So a look-up probes the few day
+/// partitions since the events occurred, not every day held.
 pub async fn applied_hashes(
     client: &Client,
     ids: &[String],
+    occurred_since: DateTime<Utc>,
 ) -> Result<(HashMap<String, u128>, Option<DateTime<Utc>>), SinkError> {
+    let since = occurred_since - LOOKUP_CLOCK_SLACK;
     let found = client
         .query(
-            "SELECT event_id, content_hash FROM events_log WHERE status = 'applied' AND event_id = ANY($1)",
-            &[&ids],
+            "SELECT event_id, content_hash FROM events_log \
+             WHERE status = 'applied' AND event_id = ANY($1) AND processed_at >= $2",
+            &[&ids, &since],
         )
         .await
         .map_err(SinkError::pg("look up applied ids"))?
@@ -137,6 +147,11 @@ pub async fn applied_hashes(
         .get(0);
     Ok((found, held_from))
 }
+
+/// How far ahead of the database's clock a producer's clock may run for a
+/// look-up of an old event still to find its first application (see
+/// [`applied_hashes`]).
+pub const LOOKUP_CLOCK_SLACK: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// The last epoch whose output messages were acknowledged by the broker.
 pub async fn published_epoch(client: &Client) -> Result<u64, SinkError> {
