@@ -23,6 +23,7 @@
 //! STOCKFLOW_BENCH_EVENTS (N, default 1000000), STOCKFLOW_BENCH_HISTORY
 //! (H, default 20000000), STOCKFLOW_BENCH_HISTORY_DAYS (D, default 30),
 //! STOCKFLOW_BENCH_WORKERS (default 1), STOCKFLOW_BENCH_REPEAT (default 3),
+//! STOCKFLOW_BENCH_SEED (the producer's seed, default 1),
 //! STOCKFLOW_BENCH_KEEP_DB (a database name: the history database is kept
 //! and, when it exists, reused instead of built again).
 //!
@@ -272,6 +273,7 @@ async fn main() {
     ok(&load, &prefix, &["migrate"]);
     ok(&load, &prefix, &["seed", "--products", "1000", "--suppliers", "50"]);
     ok(&load, &prefix, &["topics", "--partitions", "4"]);
+    let seed: u64 = env_or("STOCKFLOW_BENCH_SEED", 1);
     let summary = ok(
         &load,
         &prefix,
@@ -280,7 +282,7 @@ async fn main() {
             "--count",
             &n.to_string(),
             "--seed",
-            "1",
+            &seed.to_string(),
             "--days",
             "3",
             "--duplicate-ratio",

@@ -53,6 +53,10 @@ use crate::records::{
     Decoded, Epoch, EpochBatch, Outcome, RawMessage, RefUpdate, SalesDelta, SalesKey, SinkRecord,
 };
 
+/// An applied id loaded from the database at start: its key, content
+/// fingerprint and `occurred_at`.
+pub type Preloaded = (IdKey, u128, chrono::DateTime<chrono::Utc>);
+
 /// Settings of the graph.
 pub struct GraphConfig {
     /// How far back in event time the dedup memory reaches.
@@ -66,7 +70,7 @@ pub struct GraphConfig {
     pub lookup: Box<dyn AppliedLookup>,
     /// Applied ids inside the horizon from earlier runs, for this worker
     /// (see [`crate::dedup::id_key`]).
-    pub preload: Vec<(IdKey, u128, chrono::DateTime<chrono::Utc>)>,
+    pub preload: Vec<Preloaded>,
     /// When the start-up load was cut short: events at or before this
     /// instant must be looked up, not answered from memory.
     pub preload_floor: Option<chrono::DateTime<chrono::Utc>>,

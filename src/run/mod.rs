@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use dataflow::dedup::{AppliedLookup, LookupError};
 use dataflow::graph::{self, GraphConfig, GraphStats};
-use dataflow::records::{EpochBatch, Outcome, RefUpdate, route_event_id};
+use dataflow::records::{EpochBatch, Outcome, RefUpdate};
 use dataflow::{EventKind, TopicNames};
 use rdkafka::ClientConfig;
 use sinks::SinkError;
@@ -75,7 +75,10 @@ struct WorkerSetup {
     kafka: ClientConfig,
     partitions: Vec<PartitionStart>,
     reference: Reference,
-    recent_applied: Arc<Vec<(String, u128, chrono::DateTime<chrono::Utc>)>>,
+    /// The preloaded applied ids, split by the global index of the worker
+    /// that owns them (this process's workers only); each worker takes its
+    /// share out, so the memory is freed once its dedup state holds them.
+    preload_shares: Arc<std::sync::Mutex<HashMap<usize, Vec<dataflow::graph::Preloaded>>>>,
     preload_floor: Option<chrono::DateTime<chrono::Utc>>,
     first_epoch: u64,
     args: WorkerArgs,
@@ -363,7 +366,7 @@ async fn run_until_stopped(
         kafka,
         partitions,
         reference,
-        recent_applied: Arc::new(recent_applied),
+        preload_shares: Arc::new(std::sync::Mutex::new(preload_shares(recent_applied, args))),
         preload_floor,
         first_epoch: now_slot(args.epoch_ms).max(published + 1),
         args: WorkerArgs {
@@ -425,12 +428,32 @@ async fn run_until_stopped(
     Ok(())
 }
 
+/// The preloaded ids of this process's workers, by global worker index
+/// (`route_event_id % peers`, as `Validate`'s exchange routes them).
+fn preload_shares(
+    ids: Vec<postgres::PreloadedId>,
+    args: &RunArgs,
+) -> HashMap<usize, Vec<dataflow::graph::Preloaded>> {
+    let workers = usize::from(args.workers);
+    let peers = (workers * usize::from(args.processes)).max(1) as u64;
+    let mine = usize::from(args.process) * workers..(usize::from(args.process) + 1) * workers;
+    let mut shares: HashMap<usize, Vec<dataflow::graph::Preloaded>> =
+        mine.clone().map(|i| (i, Vec::new())).collect();
+    for p in ids {
+        let owner = (p.route % peers) as usize;
+        if let Some(share) = shares.get_mut(&owner) {
+            share.push((p.key, p.hash, p.at));
+        }
+    }
+    shares
+}
+
 /// What `stockflow run` reads and opens before its workers start.
 struct Start {
     /// The last epoch whose outputs Kafka holds.
     published: u64,
     reference: Reference,
-    recent_applied: Vec<(String, u128, chrono::DateTime<chrono::Utc>)>,
+    recent_applied: Vec<postgres::PreloadedId>,
     preload_floor: Option<chrono::DateTime<chrono::Utc>>,
     partitions: Vec<PartitionStart>,
     /// Process 0's output producer and generation.
@@ -509,7 +532,7 @@ async fn open_start(
     let recent_applied = postgres::load_recent_applied(&client, horizon, preload_limit as i64).await?;
     // A load cut short by the limit leaves older ids to the database.
     let preload_floor = (recent_applied.len() as u64 >= preload_limit)
-        .then(|| recent_applied.iter().map(|(_, _, at)| *at).min())
+        .then(|| recent_applied.iter().map(|p| p.at).min())
         .flatten();
 
     // Partitions of the input topics, once the brokers answer: a broker

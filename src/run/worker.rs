@@ -22,12 +22,7 @@ pub(super) fn run_worker(
     let metrics = shared.metrics.clone();
     let stats = Arc::new(GraphStats::default());
 
-    let preload: Vec<_> = setup
-        .recent_applied
-        .iter()
-        .filter(|(id, _, _)| (route_event_id(id) % peers as u64) as usize == index)
-        .map(|(id, hash, at)| (dataflow::dedup::id_key(id), *hash, *at))
-        .collect();
+    let preload = setup.preload_shares.lock().ok().and_then(|mut s| s.remove(&index)).unwrap_or_default();
     let lookup = PgLookup {
         db: BlockingClient::new(handle.clone(), setup.database_url.clone(), shared.clone()),
         held_from: None,

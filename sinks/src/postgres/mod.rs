@@ -21,7 +21,7 @@ pub use operator::{
     Difference, RedriveCandidate, reconcile, record_redrives, redrive_candidates, stock_as_of,
 };
 pub use state::{
-    ProcessorStatus, Reference, UnpublishedRow, applied_hashes, last_committed_epoch, last_logged,
-    load_offsets, load_recent_applied, load_reference, low_count, published_epoch, set_published_epoch,
-    take_generation, unpublished_alerts, unpublished_rows, write_processor_status,
+    PreloadedId, ProcessorStatus, Reference, UnpublishedRow, applied_hashes, last_committed_epoch,
+    last_logged, load_offsets, load_recent_applied, load_reference, low_count, published_epoch,
+    set_published_epoch, take_generation, unpublished_alerts, unpublished_rows, write_processor_status,
 };

@@ -86,13 +86,30 @@ fn hash_of(bytes: &[u8]) -> u128 {
     u128::from_be_bytes(b)
 }
 
+/// One applied id loaded at start for the dedup memory, already in the
+/// compact form the workers keep (no id text: 56 bytes, against about 150
+/// for the row and its text).
+#[derive(Debug, Clone, Copy)]
+pub struct PreloadedId {
+    /// `dataflow::records::route_event_id`: which worker owns the id.
+    pub route: u64,
+    /// `dataflow::dedup::id_key`.
+    pub key: u128,
+    /// The content fingerprint.
+    pub hash: u128,
+    /// Its `occurred_at`.
+    pub at: DateTime<Utc>,
+}
+
 /// Applied events with `occurred_at` within `horizon` of the newest one,
-/// the newest `limit` at most: `(event_id, content_hash, occurred_at)`.
+/// the newest `limit` at most. Rows are streamed and turned into
+/// [`PreloadedId`]s one by one, so a load of millions of ids never holds
+/// them as rows.
 pub async fn load_recent_applied(
     client: &Client,
     horizon: chrono::Duration,
     limit: i64,
-) -> Result<Vec<(String, u128, DateTime<Utc>)>, SinkError> {
+) -> Result<Vec<PreloadedId>, SinkError> {
     let newest: Option<DateTime<Utc>> = client
         .query_one("SELECT max(occurred_at) FROM events_log WHERE status = 'applied'", &[])
         .await
@@ -100,17 +117,27 @@ pub async fn load_recent_applied(
         .get(0);
     let Some(newest) = newest else { return Ok(Vec::new()) };
     let cutoff = newest - horizon;
-    Ok(client
-        .query(
+    let rows = client
+        .query_raw(
             "SELECT event_id, content_hash, occurred_at FROM events_log \
              WHERE status = 'applied' AND occurred_at >= $1 ORDER BY occurred_at DESC LIMIT $2",
-            &[&cutoff, &limit],
+            [&cutoff as &(dyn tokio_postgres::types::ToSql + Sync), &limit],
         )
         .await
-        .map_err(SinkError::pg("load recent applied ids"))?
-        .iter()
-        .map(|r| (r.get(0), hash_of(r.get(1)), r.get(2)))
-        .collect())
+        .map_err(SinkError::pg("load recent applied ids"))?;
+    let mut rows = std::pin::pin!(rows);
+    let mut out = Vec::new();
+    while let Some(row) = futures_util::StreamExt::next(&mut rows).await {
+        let row = row.map_err(SinkError::pg("load recent applied ids"))?;
+        let id: &str = row.get(0);
+        out.push(PreloadedId {
+            route: dataflow::records::route_event_id(id),
+            key: dataflow::dedup::id_key(id),
+            hash: hash_of(row.get(1)),
+            at: row.get(2),
+        });
+    }
+    Ok(out)
 }
 
 /// Content fingerprints of those of `ids` that were applied, and the first
