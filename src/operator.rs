@@ -1,6 +1,7 @@
 //! The operator commands (contract 5.5): `reconcile`, `stock --as-of`,
-//! `dlq redrive`. The definitions live in the database (migration V5) and
-//! `sinks::postgres`; this module prints and exits.
+//! `dlq redrive`, and `archive` (issue 14). The definitions live in the
+//! database (migrations V5 and V7) and `sinks::postgres`; this module
+//! prints and exits.
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -166,7 +166,8 @@ def rebuild_sales_daily(cur) -> None:
 def make_reconcilable(cur) -> None:
     """Give the seeded orders the history the processor would have written.
 
-    For each order an applied ``events_log`` row; ``sales_hourly`` and
+    For each order an applied ``events_log`` row with the order's commit
+    time (the processor writes both in one transaction); ``sales_hourly`` and
     ``stock_hourly`` from those rows; an inventory row for every product with
     sales, its opening stock set so that opening + deltas = on hand. Then
     ``reconcile_differences()`` finds nothing (contract 5.5).
@@ -174,11 +175,11 @@ def make_reconcilable(cur) -> None:
     cur.execute(
         """
         INSERT INTO events_log (event_id, topic, kafka_partition, kafka_offset, status, event_type,
-                                product_id, delta, occurred_at, content_hash, epoch)
+                                product_id, delta, occurred_at, content_hash, epoch, processed_at)
         SELECT o.event_id, CASE o.source WHEN 'online' THEN 'online_orders' ELSE 'store_sales' END, 0,
                row_number() OVER (PARTITION BY o.source ORDER BY o.event_id), 'applied',
                CASE o.source WHEN 'online' THEN 'online_order' ELSE 'store_sale' END,
-               o.product_id, -o.quantity, o.occurred_at, sha256(o.event_id::bytea), 1
+               o.product_id, -o.quantity, o.occurred_at, sha256(o.event_id::bytea), 1, o.processed_at
         FROM orders o
         WHERE NOT EXISTS (SELECT 1 FROM events_log e WHERE e.event_id = o.event_id)
         """
