@@ -306,11 +306,9 @@ fn look_up_old_ids(
     stats.dedup_lookups.fetch_add(1, Ordering::Relaxed);
     let found = lookup.applied(&old_ids, since)?;
     if let Some(held_from) = lookup.held_from() {
-        let beyond = batch
+        let beyond = old
             .iter()
-            .filter_map(|d| d.result.as_ref().ok())
-            .filter(|e| e.occurred_at < held_from && !dedup.covers(e.occurred_at))
-            .filter(|e| !found.contains_key(&e.event_id))
+            .filter(|e| e.occurred_at < held_from && !found.contains_key(&e.event_id))
             .map(|e| e.event_id.as_str())
             .collect::<HashSet<_>>()
             .len();

@@ -156,23 +156,20 @@ pub async fn applied_hashes(
     occurred_since: DateTime<Utc>,
 ) -> Result<(HashMap<String, u128>, Option<DateTime<Utc>>), SinkError> {
     let since = occurred_since - LOOKUP_CLOCK_SLACK;
-    let found = client
-        .query(
-            "SELECT event_id, content_hash FROM events_log \
-             WHERE status = 'applied' AND event_id = ANY($1) AND processed_at >= $2",
+    // One round trip: the ids found and how far back the log is held.
+    let row = client
+        .query_one(
+            "WITH f AS (SELECT event_id, content_hash FROM events_log \
+                        WHERE status = 'applied' AND event_id = ANY($1) AND processed_at >= $2) \
+             SELECT history_held_from(), array_agg(event_id), array_agg(content_hash) FROM f",
             &[&ids, &since],
         )
         .await
-        .map_err(SinkError::pg("look up applied ids"))?
-        .iter()
-        .map(|r| (r.get(0), hash_of(r.get(1))))
-        .collect();
-    let held_from = client
-        .query_one("SELECT history_held_from()", &[])
-        .await
-        .map_err(SinkError::pg("read how far back the log is held"))?
-        .get(0);
-    Ok((found, held_from))
+        .map_err(SinkError::pg("look up applied ids"))?;
+    let ids: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+    let hashes: Vec<Vec<u8>> = row.get::<_, Option<Vec<Vec<u8>>>>(2).unwrap_or_default();
+    let found = ids.into_iter().zip(hashes.iter().map(|h| hash_of(h))).collect();
+    Ok((found, row.get(0)))
 }
 
 /// How far ahead of the database's clock a producer's clock may run for a
