@@ -17,13 +17,16 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # source here, which needs cmake and a C/C++ toolchain plus the headers of
 # its `ssl` and `libz` features (OpenSSL, zlib; found with pkg-config).
 # Without rdkafka's `curl` and `gssapi` features, rdkafka-sys builds it
-# WITH_CURL=0 and WITH_SASL=0: no libcurl or Cyrus SASL headers.
+# WITH_CURL=0 and WITH_SASL=0: nothing links libcurl or Cyrus SASL. The curl
+# headers are still needed to compile: librdkafka 2.12's rdkafka_conf.c tests
+# `#ifdef WITH_OAUTHBEARER_OIDC`, which its generated config.h defines as 0
+# (rust:bookworm happens to carry them; named here so it does not matter).
 # Package versions come with the pinned Debian release; not pinned one by one.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         cmake g++ make pkg-config \
-        libssl-dev zlib1g-dev \
+        libssl-dev zlib1g-dev libcurl4-openssl-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages stockflow needs to build, test and run
 # locally, when missing: a C toolchain, cmake + libssl (the bundled
-# librdkafka, with TLS and SASL/SCRAM, built without libcurl; mimalloc), the openssl command (the
+# librdkafka, with TLS and SASL/SCRAM, built without libcurl, though one of its
+# files includes curl's header under `#ifdef` of a macro defined as 0; mimalloc), the openssl command (the
 # SASL_SSL test makes its CA with it), PostgreSQL (server and client), python3-venv (Airflow, compose check),
 # Java 17+ with Maven for Apache Kafka (scripts/kafka.sh assembles the
 # broker from Maven Central), unless java and mvn are already on the PATH;
@@ -13,7 +14,7 @@
 # Idempotent and quick when everything is there. Uses sudo when not root.
 set -euo pipefail
 need=()
-for pkg in build-essential cmake libssl-dev openssl pkg-config zlib1g-dev postgresql postgresql-client python3-venv chromium prometheus procps; do
+for pkg in build-essential cmake libssl-dev libcurl4-openssl-dev openssl pkg-config zlib1g-dev postgresql postgresql-client python3-venv chromium prometheus procps; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)

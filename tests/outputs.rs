@@ -81,33 +81,32 @@ async fn stock_alerts_follow_committed_crossings() {
     level.insert(products[0].clone(), 5);
     let (p0, p1, p2, p3, p4) = (&products[0], &products[1], &products[2], &products[3], &products[4]);
 
-    // Phase 1, sent before the processor starts, so that each pair below
-    // is read into one commit: p1 falls to 5 (low); p2 dips to 5 and is
-    // restocked to 100 in the same commit (no alert).
+    // Phase 1: p1 falls to 5 (low); p2 dips to 5 and is restocked to 100
+    // in the same commit (no alert). Epochs are wall-clock slots, so the
+    // pair is sent just after a slot begins, to a processor already
+    // reading: both are read well inside one 10 s slot however long the
+    // start-up took (sending before the start once split the pair in CI,
+    // the start-up ending near a slot's end). One worker: a single
+    // consumer fetches every partition.
     let at = "2026-11-20T10:00:00Z";
     let phase1 = vec![
         ("online_orders", p1.clone(), sale("online", "a1", p1, 95, at)),
         ("online_orders", p2.clone(), sale("online", "a2", p2, 95, at)),
         ("supplier_restocks", p2.clone(), restock("a3", p2, 95, &supplier)),
     ];
-    send(&env, &phase1);
-    // One worker (a single consumer fetches both partitions together) and
-    // a start just after the beginning of a 5 s epoch slot (slots are wall
-    // clock), so that the pair is read well inside one epoch. Two workers
-    // start their consumers up to a second apart: CI once split the pair.
-    let slot_ms = 5_000;
-    let into_slot = (Utc::now().timestamp_millis() % slot_ms) as u64;
-    if into_slot > 500 {
-        std::thread::sleep(Duration::from_millis(slot_ms as u64 - into_slot + 50));
-    }
-    // A background run, stopped once the three are committed, rather than
-    // `--exit-when-idle`: with 5 s epochs that run never saw its input here
-    // and in CI (an open bug, see the stop note), and this test is about
-    // alerts.
-    let first = env.spawn(&["run", "--epoch-ms", "5000", "--workers", "1"]);
+    let first = env.spawn(&["run", "--epoch-ms", "10000", "--workers", "1"]);
     let started = Instant::now();
+    // The status heartbeat begins once the consumers are assigned.
+    while env.count("SELECT count(*) FROM processor_status").await < 1 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the processor did not start within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let slot_ms = 10_000;
+    let into_slot = Utc::now().timestamp_millis() % slot_ms;
+    tokio::time::sleep(Duration::from_millis((slot_ms - into_slot + 200) as u64)).await;
+    send(&env, &phase1);
     while env.count("SELECT count(*) FROM events_log").await < 3 {
-        assert!(started.elapsed() < Duration::from_secs(60), "phase 1 was not committed within 60 s");
+        assert!(started.elapsed() < Duration::from_secs(90), "phase 1 was not committed within 90 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let out = terminate(first);
