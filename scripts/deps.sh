@@ -34,3 +34,10 @@ if [ ! "$browser/node_modules/.package-lock.json" -nt "$browser/package-lock.jso
     echo "deps: npm ci in tests/browser" >&2
     (cd "$browser" && npm ci --no-audit --no-fund --silent)
 fi
+# cargo-machete, the unused-dependency check of scripts/test.sh (built from
+# crates.io once per machine, about a minute; pinned so the check is stable).
+MACHETE_VERSION=0.9.2
+if ! cargo machete --version 2>/dev/null | grep -q "$MACHETE_VERSION"; then
+    echo "deps: cargo install cargo-machete $MACHETE_VERSION" >&2
+    cargo install --quiet --locked cargo-machete --version "$MACHETE_VERSION"
+fi

@@ -2,7 +2,7 @@
 # The test command (README, and what .ci/run calls): installs missing
 # Debian packages, starts the local PostgreSQL and Apache Kafka (idempotent;
 # the broker's jars are assembled from Maven Central once per machine), then
-# formatting, lints, every test against those real services, a minute of
+# formatting, lints, unused dependencies, every test against those real services, a minute of
 # fuzzing per fuzz target, the compose
 # file check, the runtime image's package check, the scripts' own tests and
 # the Airflow tests. To test against other services, set
@@ -20,6 +20,8 @@ echo "test: cargo fmt --check"
 cargo fmt --all --check
 echo "test: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test: unused dependencies (cargo machete)"
+cargo machete
 if cargo nextest --version >/dev/null 2>&1; then
     echo "test: cargo nextest"
     cargo nextest run --workspace --locked --no-fail-fast

@@ -99,11 +99,7 @@ pub async fn delete_topics(prefix: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
-    let names: Vec<String> =
-        ["online_orders", "store_sales", "supplier_restocks", "inventory_updates", "stock_alerts", "dlq"]
-            .iter()
-            .map(|t| format!("{prefix}{t}"))
-            .collect();
+    let names: Vec<String> = dataflow::TopicNames::with_prefix(prefix).all();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     if let Err(e) = admin.delete_topics(&refs, &AdminOptions::new()).await {
         eprintln!("could not delete the benchmark's topics {prefix}*: {e}");

@@ -4,29 +4,43 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::dedup::NoLookup;
 use crate::graph::{self, GraphConfig, GraphStats};
-use crate::model::Catalog;
+use crate::model::{Catalog, SaleSource};
 use crate::records::{EpochBatch, RawMessage, RefUpdate};
 
 /// Epochs a worker sends before it waits for the dataflow to finish older ones.
 const IN_FLIGHT: u64 = 2;
 
+/// The value of an `online_order` message (`Online`) or a `store_sale`
+/// one (`Store`), as the contract writes them, at 2.50 a unit: for tests
+/// and examples.
+pub fn sale_json(source: SaleSource, id: &str, product: &str, quantity: u32, occurred_at: &str) -> String {
+    let (event_type, party) = match source {
+        SaleSource::Online => ("online_order", r#""customer_id":"c""#),
+        SaleSource::Store => ("store_sale", r#""store_id":"s""#),
+    };
+    format!(
+        r#"{{"event_id":"{id}","event_type":"{event_type}","occurred_at":"{occurred_at}","product_id":"{product}","quantity":{quantity},"order_id":"o-{id}",{party},"unit_price":2.50}}"#
+    )
+}
+
+/// The value of a `supplier_restock` message, at 1 a unit: for tests and
+/// examples.
+pub fn restock_json(id: &str, product: &str, quantity: u32, supplier: &str, occurred_at: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","event_type":"supplier_restock","occurred_at":"{occurred_at}","product_id":"{product}","quantity":{quantity},"restock_id":"r-{id}","supplier_id":"{supplier}","unit_cost":1}}"#
+    )
+}
+
 /// Reference updates that load `catalog` (products with their reorder level, suppliers).
 pub fn catalog_updates(catalog: &Catalog) -> Vec<RefUpdate> {
-    let mut v: Vec<RefUpdate> = catalog
-        .products
-        .iter()
-        .map(|p| RefUpdate::ProductUpsert {
-            product_id: p.product_id.clone(),
-            reorder_level: p.reorder_level,
-        })
-        .collect();
-    v.extend(catalog.suppliers.iter().map(|s| RefUpdate::SupplierAdded(s.supplier_id.clone())));
-    v
+    RefUpdate::load(
+        catalog.products.iter().map(|p| (&p.product_id, &p.reorder_level)),
+        catalog.suppliers.iter().map(|s| &s.supplier_id),
+    )
 }
 
 /// Runs `epochs` of messages (epoch `i + 1` holds `epochs[i]`) through the
@@ -126,14 +140,19 @@ fn run_shares_with(
                 preload: Vec::new(),
                 preload_floor: None,
             };
-            let records = graph::build(raw.to_stream(scope), refs.to_stream(scope), config, stats);
-            let records = records.probe_with(&probe);
             let sender = sink.lock().ok().and_then(|s| s.clone());
-            graph::commit_sink(records, move |batch| {
-                if let Some(tx) = &sender {
-                    let _ = tx.send(batch);
-                }
-            });
+            graph::install(
+                raw.to_stream(scope),
+                refs.to_stream(scope),
+                config,
+                stats,
+                &probe,
+                move |batch| {
+                    if let Some(tx) = &sender {
+                        let _ = tx.send(batch);
+                    }
+                },
+            );
         });
         if index == 0 {
             for u in catalog_updates(&catalog) {

@@ -143,8 +143,8 @@ impl Event {
     pub fn delta(&self) -> i64 {
         let q = i64::from(self.quantity);
         match self.detail {
+            EventDetail::OnlineOrder { .. } | EventDetail::StoreSale { .. } => -q,
             EventDetail::SupplierRestock { .. } => q,
-            _ => -q,
         }
     }
 
@@ -165,7 +165,7 @@ impl Event {
     pub fn supplier_id(&self) -> Option<&str> {
         match &self.detail {
             EventDetail::SupplierRestock { supplier_id, .. } => Some(supplier_id),
-            _ => None,
+            EventDetail::OnlineOrder { .. } | EventDetail::StoreSale { .. } => None,
         }
     }
 

@@ -32,6 +32,12 @@ impl RawMessage {
     pub fn position(&self) -> (EventKind, i32, i64) {
         (self.kind, self.partition, self.offset)
     }
+
+    /// The message without its key and value (a duplicate's record: its
+    /// bytes are not kept).
+    pub fn without_payload(self) -> Self {
+        RawMessage { key: None, value: None, ..self }
+    }
 }
 
 /// A message after [`crate::validate::decode`].
@@ -133,10 +139,72 @@ pub enum RefUpdate {
     SupplierRemoved(String),
 }
 
+impl RefUpdate {
+    /// The updates that load reference data from scratch: every product
+    /// with its reorder level, every supplier (what worker 0 sends first).
+    pub fn load<'a>(
+        products: impl IntoIterator<Item = (&'a String, &'a i32)>,
+        suppliers: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<RefUpdate> {
+        let mut v: Vec<RefUpdate> = products
+            .into_iter()
+            .map(|(p, level)| RefUpdate::ProductUpsert { product_id: p.clone(), reorder_level: *level })
+            .collect();
+        v.extend(suppliers.into_iter().map(|s| RefUpdate::SupplierAdded(s.clone())));
+        v
+    }
+}
+
 /// The key of a `sales_hourly` row: the UTC hour (on the hour) the sales
 /// happened in, the product and the source. A `sales_daily` row sums the
 /// hours of its day.
 pub type SalesKey = (DateTime<Utc>, String, SaleSource);
+
+/// Sums of sale events: what a `sales_hourly` row adds up. It is the diff
+/// (differential's `Semigroup`) of the sales aggregate: updates to one row
+/// in one epoch add up to one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SalesSums {
+    /// Units sold.
+    pub units: i64,
+    /// Revenue in cents (exact).
+    pub revenue_cents: i128,
+    /// Sale events.
+    pub orders: i64,
+}
+
+impl SalesSums {
+    /// The sums of one sale of `units` for `revenue_cents`.
+    pub fn sale(units: u32, revenue_cents: i128) -> Self {
+        SalesSums { units: i64::from(units), revenue_cents, orders: 1 }
+    }
+}
+
+impl std::ops::AddAssign for SalesSums {
+    fn add_assign(&mut self, rhs: Self) {
+        self.units += rhs.units;
+        self.revenue_cents += rhs.revenue_cents;
+        self.orders += rhs.orders;
+    }
+}
+
+impl differential_dataflow::difference::IsZero for SalesSums {
+    fn is_zero(&self) -> bool {
+        *self == SalesSums::default()
+    }
+}
+
+impl differential_dataflow::difference::Semigroup for SalesSums {
+    fn plus_equals(&mut self, rhs: &Self) {
+        *self += *rhs;
+    }
+}
+
+impl differential_dataflow::difference::Monoid for SalesSums {
+    fn zero() -> Self {
+        SalesSums::default()
+    }
+}
 
 /// A change to one `sales_hourly` row (and so to its day's `sales_daily`
 /// row): units, revenue in cents, order count.
@@ -150,6 +218,18 @@ pub struct SalesDelta {
     pub revenue_cents: i128,
     /// Sale events.
     pub orders: i64,
+}
+
+impl SalesDelta {
+    /// The change `sums` to the row `key`.
+    pub fn new(key: SalesKey, sums: SalesSums) -> Self {
+        SalesDelta { key, units: sums.units, revenue_cents: sums.revenue_cents, orders: sums.orders }
+    }
+
+    /// The change, without its key.
+    pub fn sums(&self) -> SalesSums {
+        SalesSums { units: self.units, revenue_cents: self.revenue_cents, orders: self.orders }
+    }
 }
 
 /// What the commit of one epoch must write, gathered on one worker.
@@ -170,9 +250,12 @@ pub struct EpochBatch {
 }
 
 impl EpochBatch {
-    /// Whether there is nothing to commit.
+    /// Whether there is nothing to commit. Every field is named: a new
+    /// kind of record must decide here whether it alone makes a commit (the
+    /// committer skips empty batches).
     pub fn is_empty(&self) -> bool {
-        self.outcomes.is_empty() && self.rechecks.is_empty()
+        let EpochBatch { epoch: _, outcomes, stock_deltas, sales, rechecks } = self;
+        outcomes.is_empty() && stock_deltas.is_empty() && sales.is_empty() && rechecks.is_empty()
     }
 
     /// How many messages were applied, plain duplicates, and rejected.
@@ -199,6 +282,16 @@ impl EpochBatch {
         self.rechecks.dedup();
     }
 
+    /// Adds one record of this epoch.
+    pub fn add(&mut self, record: SinkRecord) {
+        match record {
+            SinkRecord::Outcome(o) => self.outcomes.push(o),
+            SinkRecord::Stock(p, d) => self.stock_deltas.push((p, d)),
+            SinkRecord::Sales(s) => self.sales.push(s),
+            SinkRecord::Recheck(p) => self.rechecks.push(p),
+        }
+    }
+
     /// Takes in the batch of a later epoch, so both commit in one
     /// transaction as if they were one epoch (`later`'s): messages stay in
     /// epoch order, stock and sales changes are summed, rechecks united.
@@ -214,21 +307,18 @@ impl EpochBatch {
         // A product whose changes cancel out keeps a 0 entry: harmless, the
         // commit writes an increment of 0 for it.
         self.stock_deltas = stock.into_iter().collect();
-        let mut sales: std::collections::BTreeMap<SalesKey, (i64, i128, i64)> =
-            std::mem::take(&mut self.sales)
-                .into_iter()
-                .map(|s| (s.key, (s.units, s.revenue_cents, s.orders)))
-                .collect();
-        for s in later.sales {
-            let row = sales.entry(s.key).or_insert((0, 0, 0));
-            row.0 += s.units;
-            row.1 += s.revenue_cents;
-            row.2 += s.orders;
-        }
-        self.sales = sales
+        let mut sales: std::collections::BTreeMap<SalesKey, SalesSums> = std::mem::take(&mut self.sales)
             .into_iter()
-            .map(|(key, (units, revenue_cents, orders))| SalesDelta { key, units, revenue_cents, orders })
+            .map(|s| {
+                let sums = s.sums();
+                (s.key, sums)
+            })
             .collect();
+        for s in later.sales {
+            let sums = s.sums();
+            *sales.entry(s.key).or_default() += sums;
+        }
+        self.sales = sales.into_iter().map(|(key, sums)| SalesDelta::new(key, sums)).collect();
         self.rechecks.extend(later.rechecks);
         self.rechecks.sort();
         self.rechecks.dedup();

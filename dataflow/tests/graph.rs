@@ -3,7 +3,7 @@
 
 use dataflow::harness;
 use dataflow::records::{EpochBatch, Outcome, RawMessage};
-use dataflow::{Catalog, ErrorCode, EventKind, Product, Supplier};
+use dataflow::{Catalog, ErrorCode, EventKind, Product, SaleSource, Supplier};
 use rust_decimal::Decimal;
 
 fn catalog() -> Catalog {
@@ -23,15 +23,11 @@ fn catalog() -> Catalog {
 }
 
 fn sale(id: &str, product: &str, qty: u32, day: u32) -> String {
-    format!(
-        r#"{{"event_id":"{id}","event_type":"online_order","occurred_at":"2026-11-{day:02}T10:00:00Z","product_id":"{product}","quantity":{qty},"order_id":"o-{id}","customer_id":"c","unit_price":2.50}}"#
-    )
+    harness::sale_json(SaleSource::Online, id, product, qty, &format!("2026-11-{day:02}T10:00:00Z"))
 }
 
 fn restock(id: &str, product: &str, qty: u32, supplier: &str) -> String {
-    format!(
-        r#"{{"event_id":"{id}","event_type":"supplier_restock","occurred_at":"2026-11-20T10:00:00Z","product_id":"{product}","quantity":{qty},"restock_id":"r-{id}","supplier_id":"{supplier}","unit_cost":1}}"#
-    )
+    harness::restock_json(id, product, qty, supplier, "2026-11-20T10:00:00Z")
 }
 
 fn msg(kind: EventKind, offset: i64, value: &str) -> RawMessage {

@@ -324,4 +324,123 @@ mod tests {
         assert!(!SinkError::Interrupted("Kafka").is_retriable());
         assert_eq!(SinkError::Interrupted("Kafka").to_string(), "stopped while waiting for Kafka");
     }
+
+    #[test]
+    fn every_kafka_refusal_the_docs_name_is_permanent() {
+        use RDKafkaErrorCode as C;
+        // Credentials and TLS, ACLs, configuration, librdkafka's fatal error:
+        // the codes the first test leaves out.
+        for code in [
+            C::UnsupportedSASLMechanism,
+            C::IllegalSASLState,
+            C::ClusterAuthorizationFailed,
+            C::DelegationTokenAuthorizationFailed,
+            C::InvalidArgument,
+            C::Fatal,
+        ] {
+            assert_eq!(kafka_code_failure(code), Failure::Permanent, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn kafka_errors_are_classified_by_their_code_whatever_the_call() {
+        use RDKafkaErrorCode as C;
+        let cases = [
+            (KafkaError::MessageProduction(C::MessageSizeTooLarge), Failure::Permanent),
+            (KafkaError::MessageProduction(C::TopicAuthorizationFailed), Failure::Permanent),
+            (KafkaError::MessageProduction(C::QueueFull), Failure::Transient),
+            (KafkaError::Flush(C::MessageTimedOut), Failure::Transient),
+            (KafkaError::Global(C::AllBrokersDown), Failure::Transient),
+            (KafkaError::Global(C::Authentication), Failure::Permanent),
+            (KafkaError::ConsumerCommit(C::GroupAuthorizationFailed), Failure::Permanent),
+            (KafkaError::OffsetFetch(C::CoordinatorNotAvailable), Failure::Transient),
+            (KafkaError::MessageConsumption(C::UnknownTopic), Failure::Permanent),
+            (KafkaError::MessageConsumption(C::BrokerTransportFailure), Failure::Transient),
+        ];
+        for (e, want) in cases {
+            assert_eq!(kafka_failure(&e), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn kafka_errors_without_a_code_are_transient() {
+        for e in [KafkaError::NoMessageReceived, KafkaError::PartitionEOF(3), KafkaError::Canceled] {
+            assert_eq!(e.rdkafka_error_code(), None, "{e:?}");
+            assert_eq!(kafka_failure(&e), Failure::Transient, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn postgres_connection_resource_and_system_classes_are_transient_by_class() {
+        for code in [
+            // Class 08: connection exceptions.
+            SqlState::CONNECTION_EXCEPTION,
+            SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            SqlState::CONNECTION_DOES_NOT_EXIST,
+            SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+            SqlState::PROTOCOL_VIOLATION,
+            // Class 53: resources.
+            SqlState::INSUFFICIENT_RESOURCES,
+            SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+            // Class 58: system errors.
+            SqlState::SYSTEM_ERROR,
+            SqlState::UNDEFINED_FILE,
+            // The server crashed, a lock was not there, a statement was cancelled.
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+        ] {
+            assert_eq!(sqlstate_failure(Some(&code)), Failure::Transient, "{code:?}");
+        }
+        // Codes this driver does not name: the class decides.
+        for code in ["08ZZZ", "53ZZZ", "58ZZZ"] {
+            assert_eq!(sqlstate_failure(Some(&SqlState::from_code(code))), Failure::Transient, "{code}");
+        }
+        for code in ["XXZZZ", "42ZZZ", "40ZZZ"] {
+            assert_eq!(sqlstate_failure(Some(&SqlState::from_code(code))), Failure::Permanent, "{code}");
+        }
+    }
+
+    #[test]
+    fn postgres_bugs_and_broken_setups_are_permanent() {
+        for code in [
+            SqlState::FOREIGN_KEY_VIOLATION,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::UNDEFINED_OBJECT,
+            SqlState::DATATYPE_MISMATCH,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::INTERNAL_ERROR,
+            // Class 40 is transient only for serialization failures and deadlocks.
+            SqlState::TRANSACTION_ROLLBACK,
+            SqlState::T_R_INTEGRITY_CONSTRAINT_VIOLATION,
+        ] {
+            assert_eq!(sqlstate_failure(Some(&code)), Failure::Permanent, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn sink_errors_without_a_driver_error_have_a_fixed_failure() {
+        use RDKafkaErrorCode as C;
+        let timeout =
+            SinkError::ConnectTimeout { url: "postgres://db/x".into(), timeout: Duration::from_secs(10) };
+        assert_eq!(timeout.failure(), Failure::Transient);
+        assert!(timeout.is_retriable());
+        for e in [
+            SinkError::Config("unreadable sslrootcert".into()),
+            SinkError::Inconsistent("unknown code".into()),
+            SinkError::Fenced("a newer run".into()),
+        ] {
+            assert_eq!(e.failure(), Failure::Permanent, "{e:?}");
+            assert!(!e.is_retriable(), "{e:?}");
+        }
+        let kafka = |cause| SinkError::Kafka { context: "send to dlq".into(), cause };
+        assert_eq!(
+            kafka(KafkaError::MetadataFetch(C::TopicAuthorizationFailed)).failure(),
+            Failure::Permanent
+        );
+        assert_eq!(kafka(KafkaError::MetadataFetch(C::AllBrokersDown)).failure(), Failure::Transient);
+        assert_eq!(kafka(KafkaError::Canceled).failure(), Failure::Transient);
+    }
 }

@@ -1,9 +1,20 @@
 //! The committer thread: seals and merges epoch batches, commits each in
 //! one transaction, then hands the output messages to the publisher thread.
 
-use std::sync::mpsc::TrySendError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
 
-use super::*;
+use anyhow::{Result, bail};
+use dataflow::TopicNames;
+use dataflow::records::{EpochBatch, Outcome, OutcomeCounts};
+use sinks::SinkError;
+use sinks::postgres::{self, CommitOutcome};
+use tokio::runtime::Handle;
+
+use super::{BlockingClient, Shared, kafka_waiting, now_slot, retry_blocking};
+use crate::metrics::{CodeLabel, Metrics, OutcomeLabel};
 
 /// What the committer hands the publisher: the messages of the commits up
 /// to `epoch` and where those commits left the input offsets.
@@ -13,7 +24,8 @@ pub(super) struct Publication {
     pub offsets: Vec<(String, i32, i64)>,
 }
 
-/// The committer thread: one transaction per epoch, then the output messages.
+/// The committer thread: one transaction per epoch (or per group of epochs
+/// queued while the last commit ran), then the output messages.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn committer(
     rx: Receiver<EpochBatch>,
@@ -51,58 +63,16 @@ fn committer_loop(
     published: &mut u64,
     generation: i64,
 ) -> Result<()> {
-    let metrics = shared.metrics.clone();
     // Output messages go out on their own thread, in commit order, while the
     // next epoch commits; it records the last epoch the broker acknowledged.
     let acknowledged = Arc::new(AtomicU64::new(*published));
     let (out_tx, out_rx) = sync_channel::<Publication>(2);
     let publisher = {
-        let acknowledged = acknowledged.clone();
-        let metrics = metrics.clone();
-        let shared = shared.clone();
-        let (handle, url) = (handle.clone(), url.to_string());
-        let mut client: Option<tokio_postgres::Client> = None;
-        std::thread::Builder::new().name("publisher".into()).spawn(move || -> Result<(), SinkError> {
-            let mut recorded = Instant::now();
-            while let Ok(mut p) = out_rx.recv() {
-                // Commits that queued up while the last one was written go
-                // out in one transaction (as one acknowledgement when at
-                // least once); their progress is the last one's.
-                while p.messages.len() < MAX_PUBLICATION_MESSAGES {
-                    let Ok(next) = out_rx.try_recv() else { break };
-                    p.epoch = next.epoch;
-                    p.messages.extend(next.messages);
-                    merge_offsets(&mut p.offsets, next.offsets);
-                }
-                let waiting = kafka_waiting(&metrics);
-                let wait = sinks::Wait { waiting: &waiting, stop: &shared.abandon_waits };
-                retry_blocking(&metrics, "kafka", &shared.abandon_waits, || {
-                    outputs.publish(&p.messages, &p.offsets, p.epoch, wait)
-                })?;
-                acknowledged.fetch_max(p.epoch, Ordering::AcqRel);
-                // The next commit records the acknowledged epoch too; doing
-                // it here as well (at most every 200 ms) keeps what a crash
-                // makes the next start re-send down to the last moments.
-                // One attempt, no retries: this record is only an optimisation.
-                if recorded.elapsed() >= PUBLISHED_RECORD_INTERVAL {
-                    recorded = Instant::now();
-                    let result = handle.block_on(async {
-                        if client.as_ref().is_none_or(|c| c.is_closed()) {
-                            client = Some(postgres::connect(&url).await?);
-                        }
-                        match &client {
-                            Some(c) => postgres::set_published_epoch(c, p.epoch).await,
-                            None => Ok(()),
-                        }
-                    });
-                    if let Err(e) = result {
-                        client = None;
-                        tracing::warn!(error = %e, epoch = p.epoch, "cannot record the published epoch (the next commit will)");
-                    }
-                }
-            }
-            Ok(())
-        })?
+        let (acknowledged, shared, handle, url) =
+            (acknowledged.clone(), shared.clone(), handle.clone(), url.to_string());
+        std::thread::Builder::new()
+            .name("publisher".into())
+            .spawn(move || publish(out_rx, outputs, &acknowledged, &shared, &handle, &url))?
     };
     let result = commit_epochs(rx, topics, shared, handle, url, &acknowledged, &out_tx, generation);
     drop(out_tx);
@@ -113,6 +83,59 @@ fn committer_loop(
     // Everything sent so far is acknowledged: say so, so a restart does not re-send it.
     let mut db = BlockingClient::new(handle.clone(), url.to_string(), shared.clone());
     db.with("postgres", |h, c| h.block_on(postgres::set_published_epoch(c, *published)))?;
+    Ok(())
+}
+
+/// The publisher thread: sends each publication's messages (commits that
+/// queued up go out together) and advances `acknowledged`.
+fn publish(
+    out_rx: Receiver<Publication>,
+    outputs: sinks::kafka::Outputs,
+    acknowledged: &AtomicU64,
+    shared: &Shared,
+    handle: &Handle,
+    url: &str,
+) -> Result<(), SinkError> {
+    let metrics = &shared.metrics;
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut recorded = Instant::now();
+    while let Ok(mut p) = out_rx.recv() {
+        // Commits that queued up while the last one was written go out in
+        // one transaction (as one acknowledgement when at least once);
+        // their progress is the last one's.
+        while p.messages.len() < MAX_PUBLICATION_MESSAGES {
+            let Ok(next) = out_rx.try_recv() else { break };
+            p.epoch = next.epoch;
+            p.messages.extend(next.messages);
+            merge_offsets(&mut p.offsets, next.offsets);
+        }
+        let waiting = kafka_waiting(metrics);
+        let wait = sinks::Wait { waiting: &waiting, stop: &shared.abandon_waits };
+        retry_blocking(metrics, "kafka", &shared.abandon_waits, || {
+            outputs.publish(&p.messages, &p.offsets, p.epoch, wait)
+        })?;
+        acknowledged.fetch_max(p.epoch, Ordering::AcqRel);
+        // The next commit records the acknowledged epoch too; doing it here
+        // as well (at most every 200 ms) keeps what a crash makes the next
+        // start re-send down to the last moments. One attempt, no retries:
+        // this record is only an optimisation.
+        if recorded.elapsed() >= PUBLISHED_RECORD_INTERVAL {
+            recorded = Instant::now();
+            let result = handle.block_on(async {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = Some(postgres::connect(url).await?);
+                }
+                match &client {
+                    Some(c) => postgres::set_published_epoch(c, p.epoch).await,
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = result {
+                client = None;
+                tracing::warn!(error = %e, epoch = p.epoch, "cannot record the published epoch (the next commit will)");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -180,6 +203,19 @@ fn merge_offsets(into: &mut Vec<(String, i32, i64)>, later: Vec<(String, i32, i6
 /// A group commit takes in queued epochs until it holds this many messages.
 const MAX_GROUP_MESSAGES: usize = 50_000;
 
+/// The commit side of the committer thread: what it keeps from one commit
+/// to the next.
+struct Commits<'a> {
+    db: BlockingClient,
+    topics: &'a TopicNames,
+    shared: &'a Arc<Shared>,
+    generation: i64,
+    /// Products at or below their reorder level (the gauge).
+    low_products: i64,
+    /// The last day whose `events_log`/`orders` partitions exist.
+    partitions_through: chrono::NaiveDate,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn commit_epochs(
     rx: Receiver<EpochBatch>,
@@ -191,26 +227,16 @@ fn commit_epochs(
     out_tx: &SyncSender<Publication>,
     generation: i64,
 ) -> Result<()> {
-    let metrics = shared.metrics.clone();
     let mut db = BlockingClient::new(handle.clone(), url.to_string(), shared.clone());
-    let mut low_products = db.with("postgres", |h, c| h.block_on(postgres::low_count(c)))?;
-    metrics.low_stock_products.set(low_products);
+    let low_products = db.with("postgres", |h, c| h.block_on(postgres::low_count(c)))?;
+    shared.metrics.low_stock_products.set(low_products);
     // The day partitions of events_log and orders (migration V7) exist a
     // week ahead; a commit whose day comes within two days of the end
     // makes the next ones, outside its own transaction.
-    let mut partitions_through = db.with("postgres", |h, c| h.block_on(postgres::ensure_partitions(c)))?;
-    for mut batch in rx.iter() {
-        // Group commit: epochs that queued up while the last transaction
-        // ran go into one transaction, so a slow commit is not followed by
-        // a backlog of small ones (latency stays about one commit long).
-        let mut merged = 1u32;
-        batch.seal();
-        while batch.outcomes.len() < MAX_GROUP_MESSAGES {
-            let Ok(mut next) = rx.try_recv() else { break };
-            next.seal();
-            batch.absorb(next);
-            merged += 1;
-        }
+    let partitions_through = db.with("postgres", |h, c| h.block_on(postgres::ensure_partitions(c)))?;
+    let mut commits = Commits { db, topics, shared, generation, low_products, partitions_through };
+    for batch in rx.iter() {
+        let (batch, merged) = take_group(batch, &rx);
         if batch.is_empty() {
             continue;
         }
@@ -218,22 +244,67 @@ fn commit_epochs(
         // (frontier progress plus any wait in the channel).
         let sealed_ms = (now_slot(1) as i64 - (batch.epoch + shared.epoch_ms) as i64).max(0);
         let started = Instant::now();
-        let published = acknowledged.load(Ordering::Acquire);
-        let outcome = db.with("postgres", |h, c| {
-            h.block_on(postgres::commit_epoch(c, topics, &batch, published, generation))
-        })?;
+        let publication = commits.commit(&batch, acknowledged.load(Ordering::Acquire))?;
         let db_ms = started.elapsed().as_secs_f64() * 1e3;
-        let publication = match outcome {
-            CommitOutcome::Committed { stock, alerts, offsets, committed_at } => {
-                if committed_at.date_naive() + chrono::Days::new(2) > partitions_through {
-                    partitions_through =
-                        db.with("postgres", |h, c| h.block_on(postgres::ensure_partitions(c)))?;
+        hand_over(out_tx, publication, &shared.abandon_waits)?;
+        shared.committed_epoch.store(batch.epoch, Ordering::Release);
+        let elapsed = started.elapsed();
+        let (counts, lag_s) = record_commit(&shared.metrics, &batch, elapsed);
+        if batch.outcomes.is_empty() {
+            continue;
+        }
+        tracing::info!(
+            epoch = batch.epoch,
+            events_in = batch.outcomes.len(),
+            applied = counts.applied,
+            duplicates = counts.duplicates,
+            rejected = counts.rejected,
+            commit_ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
+            db_ms = format!("{db_ms:.1}"),
+            sealed_ms,
+            merged,
+            lag_s = format!("{lag_s:.3}"),
+            "epoch committed"
+        );
+    }
+    Ok(())
+}
+
+/// Group commit: `first` sealed, with the epochs that queued up behind it
+/// while the last transaction ran absorbed into it (up to
+/// [`MAX_GROUP_MESSAGES`]), so a slow commit is not followed by a backlog
+/// of small ones (latency stays about one commit long). Returns the group
+/// and how many epochs it holds.
+fn take_group(mut first: EpochBatch, rx: &Receiver<EpochBatch>) -> (EpochBatch, u32) {
+    let mut merged = 1u32;
+    first.seal();
+    while first.outcomes.len() < MAX_GROUP_MESSAGES {
+        let Ok(mut next) = rx.try_recv() else { break };
+        next.seal();
+        first.absorb(next);
+        merged += 1;
+    }
+    (first, merged)
+}
+
+impl Commits<'_> {
+    /// Commits `batch` (one transaction) and returns what to publish for it.
+    fn commit(&mut self, batch: &EpochBatch, published: u64) -> Result<Publication> {
+        let (topics, generation) = (self.topics, self.generation);
+        let outcome = self.db.with("postgres", |h, c| {
+            h.block_on(postgres::commit_epoch(c, topics, batch, published, generation))
+        })?;
+        match outcome {
+            CommitOutcome::Committed { messages, alerts, offsets, committed_at } => {
+                if committed_at.date_naive() + chrono::Days::new(2) > self.partitions_through {
+                    self.partitions_through =
+                        self.db.with("postgres", |h, c| h.block_on(postgres::ensure_partitions(c)))?;
                 }
-                log_alerts(batch.epoch, &alerts, &mut low_products);
-                metrics.low_stock_products.set(low_products);
+                log_alerts(batch.epoch, &alerts, &mut self.low_products);
+                let metrics = &self.shared.metrics;
+                metrics.low_stock_products.set(self.low_products);
                 metrics.stock_alerts.inc_by(alerts.len() as u64);
-                let messages = sinks::kafka::epoch_messages(topics, &batch, &stock, &alerts, committed_at);
-                Publication { epoch: batch.epoch, messages, offsets }
+                Ok(Publication { epoch: batch.epoch, messages, offsets })
             }
             CommitOutcome::AlreadyCommitted => {
                 // A retry after a lost acknowledgement: the first attempt
@@ -244,57 +315,46 @@ fn commit_epochs(
                     "epoch was already committed; publishing it from the log"
                 );
                 let (after, through) = (batch.epoch.saturating_sub(1), batch.epoch);
-                let rows =
-                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_rows(c, after, through)))?;
-                let alerts =
-                    db.with("postgres", |h, c| h.block_on(postgres::unpublished_alerts(c, after, through)))?;
-                let messages = sinks::kafka::republish_messages(topics, &rows, &alerts);
-                Publication { epoch: batch.epoch, messages, offsets: postgres::batch_offsets(topics, &batch) }
-            }
-        };
-        hand_over(out_tx, publication, &shared.abandon_waits)?;
-        shared.committed_epoch.store(batch.epoch, Ordering::Release);
-        let elapsed = started.elapsed();
-        let counts = batch.counts();
-        let (applied, duplicates, rejected) =
-            (u64::from(counts.applied), u64::from(counts.duplicates), u64::from(counts.rejected));
-        let mut oldest_ts: Option<i64> = None;
-        for o in &batch.outcomes {
-            if let Some(ts) = o.msg().timestamp_ms {
-                oldest_ts = Some(oldest_ts.map_or(ts, |x: i64| x.min(ts)));
-            }
-            if let Outcome::Rejected { rejection, .. } = o {
-                metrics.rejected.get_or_create(&CodeLabel { code: rejection.code.as_str() }).inc();
+                let (messages, _) = self.db.with("postgres", |h, c| {
+                    h.block_on(sinks::kafka::unpublished_messages(c, topics, after, through))
+                })?;
+                Ok(Publication {
+                    epoch: batch.epoch,
+                    messages,
+                    offsets: postgres::batch_offsets(topics, batch),
+                })
             }
         }
-        let lag_s = oldest_ts
-            .map(|ts| (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3)
-            .unwrap_or_default();
-        metrics.messages.get_or_create(&OutcomeLabel { outcome: "applied" }).inc_by(applied);
-        metrics.messages.get_or_create(&OutcomeLabel { outcome: "duplicate" }).inc_by(duplicates);
-        metrics.messages.get_or_create(&OutcomeLabel { outcome: "rejected" }).inc_by(rejected);
-        metrics.epochs_committed.inc();
-        metrics.commit_seconds.observe(elapsed.as_secs_f64());
-        metrics.lag_seconds.set(lag_s);
-        metrics.last_committed_epoch.set(batch.epoch as i64);
-        if batch.outcomes.is_empty() {
-            continue;
-        }
-        tracing::info!(
-            epoch = batch.epoch,
-            events_in = batch.outcomes.len(),
-            applied,
-            duplicates,
-            rejected,
-            commit_ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
-            db_ms = format!("{db_ms:.1}"),
-            sealed_ms,
-            merged,
-            lag_s = format!("{lag_s:.3}"),
-            "epoch committed"
-        );
     }
-    Ok(())
+}
+
+/// A commit's metrics: messages by outcome, rejections by code, commit
+/// time, and the lag (now minus the oldest Kafka timestamp in the batch).
+/// Returns the counts and the lag in seconds, for the log line.
+fn record_commit(metrics: &Metrics, batch: &EpochBatch, elapsed: Duration) -> (OutcomeCounts, f64) {
+    let counts = batch.counts();
+    let mut oldest_ts: Option<i64> = None;
+    for o in &batch.outcomes {
+        if let Some(ts) = o.msg().timestamp_ms {
+            oldest_ts = Some(oldest_ts.map_or(ts, |x: i64| x.min(ts)));
+        }
+        if let Outcome::Rejected { rejection, .. } = o {
+            metrics.rejected.get_or_create(&CodeLabel { code: rejection.code.as_str() }).inc();
+        }
+    }
+    let lag_s = oldest_ts
+        .map(|ts| (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3)
+        .unwrap_or_default();
+    for (outcome, n) in
+        [("applied", counts.applied), ("duplicate", counts.duplicates), ("rejected", counts.rejected)]
+    {
+        metrics.messages.get_or_create(&OutcomeLabel { outcome }).inc_by(u64::from(n));
+    }
+    metrics.epochs_committed.inc();
+    metrics.commit_seconds.observe(elapsed.as_secs_f64());
+    metrics.lag_seconds.set(lag_s);
+    metrics.last_committed_epoch.set(batch.epoch as i64);
+    (counts, lag_s)
 }
 
 /// Logs a commit's crossings (a line per commit that has any) and keeps the

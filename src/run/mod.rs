@@ -23,28 +23,25 @@ mod worker;
 use committer::committer;
 use worker::run_worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use dataflow::dedup::{AppliedLookup, LookupError};
-use dataflow::graph::{self, GraphConfig, GraphStats};
-use dataflow::records::{EpochBatch, Outcome, RefUpdate};
+use dataflow::records::EpochBatch;
 use dataflow::{EventKind, TopicNames};
 use rdkafka::ClientConfig;
 use sinks::SinkError;
-use sinks::postgres::{self, CommitOutcome, Reference};
-use sources::kafka::{Intake, PartitionStart, share};
-use timely::dataflow::operators::Probe;
-use timely::dataflow::{InputHandle, ProbeHandle};
+use sinks::postgres::{self, Reference};
+use sources::kafka::PartitionStart;
 use tokio::runtime::Handle;
 
 use crate::cli::{GlobalArgs, OutputsMode, RunArgs};
-use crate::metrics::{CodeLabel, Metrics, OutcomeLabel, WhatLabel, WorkerLabel};
+use crate::metrics::{Metrics, WhatLabel, WorkerLabel};
 
 /// Epochs a worker may have read ahead of the last commit before it pauses.
 const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
@@ -93,6 +90,20 @@ struct WorkerArgs {
     dedup_max_ids: usize,
     reference_refresh: Duration,
     commits_here: bool,
+}
+
+impl WorkerArgs {
+    fn new(args: &RunArgs) -> Self {
+        WorkerArgs {
+            epoch_ms: args.epoch_ms,
+            max_epoch_messages: args.max_epoch_messages as usize,
+            exit_when_idle: args.exit_when_idle.map(Duration::from_secs_f64),
+            dedup_horizon: chrono::Duration::hours(i64::from(args.dedup_horizon_hours)),
+            dedup_max_ids: args.dedup_max_ids as usize,
+            reference_refresh: Duration::from_millis(args.reference_refresh_ms),
+            commits_here: args.process == 0,
+        }
+    }
 }
 
 /// The current epoch: the Unix time in milliseconds at the start of the
@@ -296,27 +307,17 @@ pub async fn run(g: &GlobalArgs, args: &RunArgs, kafka: ClientConfig, topics: To
     }
 }
 
+/// The run, in steps: check the options, start the signal and metrics
+/// plumbing, read the start state (waiting while a dependency is away),
+/// start the committer thread (process 0), run the timely workers until
+/// they end, then wait for the committer.
 async fn run_until_stopped(
     g: &GlobalArgs,
     args: &RunArgs,
     kafka: ClientConfig,
     topics: TopicNames,
 ) -> Result<()> {
-    if args.processes > 1 && args.hosts.len() != usize::from(args.processes) {
-        bail!(
-            "--hosts must name {} host:port pairs (one per process), got {}",
-            args.processes,
-            args.hosts.len()
-        );
-    }
-    if args.process >= args.processes {
-        bail!("--process must be below --processes ({}), got {}", args.processes, args.process);
-    }
-    if let Some(s) = args.exit_when_idle
-        && !(s >= 0.0 && s.is_finite())
-    {
-        bail!("--exit-when-idle must be a non-negative number of seconds, got {s}");
-    }
+    check_run_args(args)?;
     let metrics = Metrics::new();
     // The stop flag exists from the start: a signal while the brokers are
     // waited for ends the wait.
@@ -337,62 +338,91 @@ async fn run_until_stopped(
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
 
-    let Start { published, reference, recent_applied, preload_floor, partitions, committer_setup } =
-        open_start_waiting(g, args, &kafka, &topics, &shared).await?;
-    let commits_here = args.process == 0;
-    let horizon = chrono::Duration::hours(i64::from(args.dedup_horizon_hours));
-
-    shared.committed_epoch.store(published, Ordering::SeqCst);
+    let start = open_start_waiting(g, args, &kafka, &topics, &shared).await?;
+    shared.committed_epoch.store(start.published, Ordering::SeqCst);
     spawn_status_heartbeat(g.database_url.clone(), args, shared.clone());
 
     let (tx, rx) = sync_channel::<EpochBatch>(2);
-    let committer = committer_setup.map(|(outputs, generation)| {
-        let shared = shared.clone();
-        let url = g.database_url.clone();
-        let topics = topics.clone();
-        let handle = Handle::current();
-        std::thread::Builder::new()
-            .name("committer".into())
-            .spawn(move || committer(rx, url, outputs, topics, shared, handle, published, generation))
-    });
-    let committer = match committer {
-        Some(Ok(h)) => Some(h),
-        Some(Err(e)) => bail!("cannot start the committer thread: {e}"),
+    let published = start.published;
+    let committer = match start.committer_setup {
+        Some((outputs, generation)) => {
+            let (shared, url, topics, handle) =
+                (shared.clone(), g.database_url.clone(), topics.clone(), Handle::current());
+            let thread = std::thread::Builder::new()
+                .name("committer".into())
+                .spawn(move || committer(rx, url, outputs, topics, shared, handle, published, generation))
+                .map_err(|e| anyhow::anyhow!("cannot start the committer thread: {e}"))?;
+            Some(thread)
+        }
         None => None,
     };
-
     let setup = WorkerSetup {
         database_url: g.database_url.clone(),
         kafka,
-        partitions,
-        reference,
-        preload_shares: Arc::new(std::sync::Mutex::new(preload_shares(recent_applied, args))),
-        preload_floor,
+        partitions: start.partitions,
+        reference: start.reference,
+        preload_shares: Arc::new(std::sync::Mutex::new(preload_shares(
+            start.recent_applied,
+            args.workers.into(),
+            args.processes.into(),
+            args.process.into(),
+        ))),
+        preload_floor: start.preload_floor,
         first_epoch: now_slot(args.epoch_ms).max(published + 1),
-        args: WorkerArgs {
-            epoch_ms: args.epoch_ms,
-            max_epoch_messages: args.max_epoch_messages as usize,
-            exit_when_idle: args.exit_when_idle.map(Duration::from_secs_f64),
-            dedup_horizon: horizon,
-            dedup_max_ids: args.dedup_max_ids as usize,
-            reference_refresh: Duration::from_millis(args.reference_refresh_ms),
-            commits_here,
-        },
+        args: WorkerArgs::new(args),
     };
-    let config = timely_config(args);
+    let result = run_workers(timely_config(args), setup, shared.clone(), tx).await;
+    if let Some(c) = committer {
+        let committed = tokio::task::spawn_blocking(move || c.join()).await.context("committer thread")?;
+        match committed {
+            Ok(r) => r?,
+            Err(_) => bail!("committer thread panicked"),
+        }
+    }
+    result?;
+    tracing::info!(last_committed_epoch = shared.committed_epoch.load(Ordering::Relaxed), "stopped");
+    Ok(())
+}
+
+/// The option combinations clap cannot check.
+fn check_run_args(args: &RunArgs) -> Result<()> {
+    if args.processes > 1 && args.hosts.len() != usize::from(args.processes) {
+        bail!(
+            "--hosts must name {} host:port pairs (one per process), got {}",
+            args.processes,
+            args.hosts.len()
+        );
+    }
+    if args.process >= args.processes {
+        bail!("--process must be below --processes ({}), got {}", args.processes, args.process);
+    }
+    if let Some(s) = args.exit_when_idle
+        && !(s >= 0.0 && s.is_finite())
+    {
+        bail!("--exit-when-idle must be a non-negative number of seconds, got {s}");
+    }
+    Ok(())
+}
+
+/// Runs this process's timely workers to their end (on blocking threads);
+/// global worker 0 gets the committer's sender. A worker that fails stops
+/// the others; the first failure is the result.
+async fn run_workers(
+    config: timely::Config,
+    setup: WorkerSetup,
+    shared: Arc<Shared>,
+    tx: SyncSender<EpochBatch>,
+) -> Result<()> {
     let handle = Handle::current();
-    let worker_shared = shared.clone();
     let tx = std::sync::Mutex::new(Some(tx));
-    let result = tokio::task::spawn_blocking(move || {
-        let tx = tx.lock().ok().and_then(|mut t| t.take());
-        let tx = std::sync::Mutex::new(tx);
+    tokio::task::spawn_blocking(move || {
         let guards = timely::execute(config, move |worker| {
             // Only global worker 0 commits; it takes the one sender.
             let sender = if worker.index() == 0 { tx.lock().ok().and_then(|mut t| t.take()) } else { None };
-            let result = run_worker(worker, setup.clone(), worker_shared.clone(), handle.clone(), sender);
+            let result = run_worker(worker, setup.clone(), shared.clone(), handle.clone(), sender);
             if result.is_err() {
-                worker_shared.worker_failed.store(true, Ordering::SeqCst);
-                worker_shared.shutdown.store(true, Ordering::SeqCst);
+                shared.worker_failed.store(true, Ordering::SeqCst);
+                shared.shutdown.store(true, Ordering::SeqCst);
             }
             result
         })
@@ -415,28 +445,21 @@ async fn run_until_stopped(
         }
     })
     .await
-    .context("worker threads")?;
-    if let Some(c) = committer {
-        let committed = tokio::task::spawn_blocking(move || c.join()).await.context("committer thread")?;
-        match committed {
-            Ok(r) => r?,
-            Err(_) => bail!("committer thread panicked"),
-        }
-    }
-    result?;
-    tracing::info!(last_committed_epoch = shared.committed_epoch.load(Ordering::Relaxed), "stopped");
-    Ok(())
+    .context("worker threads")?
 }
 
-/// The preloaded ids of this process's workers, by global worker index
-/// (`route_event_id % peers`, as `Validate`'s exchange routes them).
+/// The preloaded ids of process `process`'s `workers` workers (of
+/// `processes` processes), by global worker index (`route_event_id %
+/// peers`, as `Validate`'s exchange routes them); ids another process owns
+/// are dropped.
 fn preload_shares(
     ids: Vec<postgres::PreloadedId>,
-    args: &RunArgs,
+    workers: usize,
+    processes: usize,
+    process: usize,
 ) -> HashMap<usize, Vec<dataflow::graph::Preloaded>> {
-    let workers = usize::from(args.workers);
-    let peers = (workers * usize::from(args.processes)).max(1) as u64;
-    let mine = usize::from(args.process) * workers..(usize::from(args.process) + 1) * workers;
+    let peers = (workers * processes).max(1) as u64;
+    let mine = process * workers..(process + 1) * workers;
     let mut shares: HashMap<usize, Vec<dataflow::graph::Preloaded>> =
         mine.clone().map(|i| (i, Vec::new())).collect();
     for p in ids {
@@ -761,18 +784,15 @@ fn open_outputs(
             }
         })
     })?;
-    let (rows, alerts, offsets) = tokio::task::block_in_place(|| {
+    let ((messages, last), offsets) = tokio::task::block_in_place(|| {
         handle.block_on(async {
-            let rows = postgres::unpublished_rows(client, from, u64::MAX).await?;
-            let alerts = postgres::unpublished_alerts(client, from, u64::MAX).await?;
+            let unpublished = sinks::kafka::unpublished_messages(client, topics, from, u64::MAX).await?;
             let topics: Vec<String> = inputs.iter().map(|(t, _)| t.clone()).collect();
             let offsets = postgres::load_offsets(client, &topics).await?;
-            Ok::<_, SinkError>((rows, alerts, offsets))
+            Ok::<_, SinkError>((unpublished, offsets))
         })
     })?;
-    let last = rows.iter().map(|r| r.epoch).chain(alerts.iter().map(|a| a.epoch)).max();
     let Some(last) = last else { return Ok((outputs, from)) };
-    let messages = sinks::kafka::republish_messages(topics, &rows, &alerts);
     let offsets: Vec<(String, i32, i64)> = offsets.into_iter().map(|((t, p), n)| (t, p, n)).collect();
     tracing::info!(
         messages = messages.len(),
@@ -787,4 +807,38 @@ fn open_outputs(
     })?;
     tokio::task::block_in_place(|| handle.block_on(postgres::set_published_epoch(client, last)))?;
     Ok((outputs, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use sinks::postgres::PreloadedId;
+
+    use super::preload_shares;
+
+    fn id(route: u64) -> PreloadedId {
+        PreloadedId { route, key: u128::from(route), hash: 7, at: DateTime::<Utc>::UNIX_EPOCH }
+    }
+
+    #[test]
+    fn preloaded_ids_go_to_the_worker_that_owns_their_route() {
+        let ids: Vec<PreloadedId> = (0..20).map(id).collect();
+        // 2 processes of 3 workers: process 1 holds global workers 3, 4, 5.
+        let shares = preload_shares(ids, 3, 2, 1);
+        let mut keys: Vec<usize> = shares.keys().copied().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [3, 4, 5]);
+        let routes = |w: usize| shares[&w].iter().map(|(key, _, _)| *key as u64).collect::<Vec<_>>();
+        assert_eq!(routes(3), [3, 9, 15], "in the order read");
+        assert_eq!(routes(4), [4, 10, 16]);
+        assert_eq!(routes(5), [5, 11, 17]);
+    }
+
+    #[test]
+    fn every_worker_of_the_process_has_a_share_even_an_empty_one() {
+        let shares = preload_shares(vec![id(0)], 4, 1, 0);
+        assert_eq!(shares.len(), 4);
+        assert_eq!(shares[&0].len(), 1);
+        assert!(shares[&1].is_empty() && shares[&2].is_empty() && shares[&3].is_empty());
+    }
 }

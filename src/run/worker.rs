@@ -1,12 +1,30 @@
 //! A timely worker's loop: read its share of the input partitions, stamp
 //! epochs, feed reference data, keep to the backpressure, exit when idle.
 
-use super::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+use dataflow::dedup::LookupError;
+use dataflow::graph::{self, GraphConfig, GraphStats};
+use dataflow::records::{EpochBatch, RawMessage, RefUpdate};
+use sinks::postgres::{self, Reference};
+use sources::kafka::{Intake, share};
+use timely::dataflow::{InputHandle, ProbeHandle};
+use tokio::runtime::Handle;
+
+use super::{BlockingClient, MAX_EPOCHS_IN_FLIGHT, PgLookup, Shared, WorkerSetup, now_slot};
+use crate::metrics::{WhatLabel, WorkerLabel};
 
 /// How often an idle worker asks the broker whether it has read to the end
 /// of its partitions (`--exit-when-idle`).
 const END_CHECK: Duration = Duration::from_millis(250);
 
+/// One worker: builds the graph, then turns the loop below until the input
+/// is idle (`--exit-when-idle`), the process stops or something fails, and
+/// drains the open epochs.
 pub(super) fn run_worker(
     worker: &mut timely::worker::Worker,
     setup: WorkerSetup,
@@ -15,26 +33,22 @@ pub(super) fn run_worker(
     sender: Option<SyncSender<EpochBatch>>,
 ) -> Result<(), String> {
     let index = worker.index();
-    let peers = worker.peers();
-    let args = setup.args;
-    let my_partitions = share(setup.partitions.clone(), index, peers);
-    let mut intake = Intake::new(&setup.kafka, &my_partitions).map_err(|e| format!("Kafka consumer: {e}"))?;
-    let metrics = shared.metrics.clone();
+    let my_partitions = share(setup.partitions.clone(), index, worker.peers());
+    let intake = Intake::new(&setup.kafka, &my_partitions).map_err(|e| format!("Kafka consumer: {e}"))?;
     let stats = Arc::new(GraphStats::default());
-
     let preload = setup.preload_shares.lock().ok().and_then(|mut s| s.remove(&index)).unwrap_or_default();
     let lookup = PgLookup {
         db: BlockingClient::new(handle.clone(), setup.database_url.clone(), shared.clone()),
         held_from: None,
     };
-    let mut raw = InputHandle::<u64, _>::new();
-    let mut refs = InputHandle::<u64, _>::new();
+    let mut raw = Input::<RawMessage>::new();
+    let mut refs = Input::<RefUpdate>::new();
     let probe = ProbeHandle::new();
     let committer_gone = Arc::new(AtomicBool::new(false));
     let sink_gone = committer_gone.clone();
     let config = GraphConfig {
-        dedup_horizon: args.dedup_horizon,
-        dedup_max_ids: args.dedup_max_ids,
+        dedup_horizon: setup.args.dedup_horizon,
+        dedup_max_ids: setup.args.dedup_max_ids,
         committed_epoch: shared.committed_epoch.clone(),
         lookup: Box::new(lookup),
         preload,
@@ -42,99 +56,178 @@ pub(super) fn run_worker(
     };
     let graph_stats = stats.clone();
     worker.dataflow::<u64, _, _>(|scope| {
-        let records = graph::build(raw.to_stream(scope), refs.to_stream(scope), config, graph_stats);
-        let records = records.probe_with(&probe);
-        graph::commit_sink(records, move |batch| {
-            if let Some(tx) = &sender
-                && tx.send(batch).is_err()
-            {
-                sink_gone.store(true, Ordering::SeqCst);
-            }
-        });
+        graph::install(
+            raw.to_stream(scope),
+            refs.to_stream(scope),
+            config,
+            graph_stats,
+            &probe,
+            move |batch| {
+                if let Some(tx) = &sender
+                    && tx.send(batch).is_err()
+                {
+                    sink_gone.store(true, Ordering::SeqCst);
+                }
+            },
+        );
     });
-
-    let mut epoch = setup.first_epoch;
-    raw.advance_to(epoch);
-    refs.advance_to(epoch);
-    let mut reference = setup.reference.clone();
+    raw.advance_to(setup.first_epoch);
+    refs.advance_to(setup.first_epoch);
     if index == 0 {
-        for (p, level) in &reference.products {
-            refs.send(RefUpdate::ProductUpsert { product_id: p.clone(), reorder_level: *level });
-        }
-        for s in &reference.suppliers {
-            refs.send(RefUpdate::SupplierAdded(s.clone()));
+        for u in RefUpdate::load(&setup.reference.products, &setup.reference.suppliers) {
+            refs.send(u);
         }
     }
-    let mut ref_client = BlockingClient::new(handle, setup.database_url.clone(), shared.clone());
-    let mut last_ref_refresh = Instant::now();
-    let mut last_topic_check = Instant::now() - TOPIC_CHECK_EVERY;
-    let mut topic_suspect_until: Option<Instant> = None;
-    let mut read_in_epoch = 0usize;
-    let mut last_data_epoch = 0u64;
-    let mut buf = Vec::with_capacity(4096);
-    let mut idle_reads = 0u32;
-    let mut input_failing = false;
-    let mut last_lag_check = Instant::now().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now);
-    let mut last_end_check = Instant::now();
     tracing::debug!(worker = index, partitions = my_partitions.len(), "worker started");
-
+    let now = Instant::now();
+    let mut w = WorkerLoop {
+        index,
+        args: setup.args,
+        metrics: shared.metrics.clone(),
+        ref_client: BlockingClient::new(handle, setup.database_url.clone(), shared.clone()),
+        reference: setup.reference.clone(),
+        shared,
+        stats,
+        intake,
+        raw,
+        refs,
+        probe,
+        committer_gone,
+        epoch: setup.first_epoch,
+        read_in_epoch: 0,
+        last_data_epoch: 0,
+        buf: Vec::with_capacity(4096),
+        idle_reads: 0,
+        input_failing: false,
+        last_ref_refresh: now,
+        last_topic_check: now - TOPIC_CHECK_EVERY,
+        topic_suspect_until: None,
+        last_lag_check: now.checked_sub(Duration::from_secs(5)).unwrap_or(now),
+        last_end_check: now,
+    };
     loop {
-        if shared.shutdown.load(Ordering::Relaxed) || committer_gone.load(Ordering::Relaxed) {
+        if w.shared.shutdown.load(Ordering::Relaxed) || w.committer_gone.load(Ordering::Relaxed) {
             break;
         }
-        if let Some(failure) = stats.failure() {
+        if let Some(failure) = w.stats.failure() {
             return validate_failed(failure);
         }
-        let slot = now_slot(args.epoch_ms);
-        if slot > epoch {
-            epoch = slot;
-            raw.advance_to(epoch);
-            refs.advance_to(epoch);
-            read_in_epoch = 0;
+        w.advance_epoch();
+        if w.last_ref_refresh.elapsed() >= w.args.reference_refresh {
+            w.refresh();
         }
-        if last_ref_refresh.elapsed() >= args.reference_refresh {
-            last_ref_refresh = Instant::now();
-            if !args.commits_here {
-                // Other processes learn commit progress from the database, so
-                // that their dedup memory can let go of committed late ids.
-                if let Ok(e) =
-                    ref_client.with("postgres", |h, c| h.block_on(postgres::last_committed_epoch(c)))
-                {
-                    shared.committed_epoch.fetch_max(e, Ordering::AcqRel);
-                }
-            }
-            if index == 0 {
-                match ref_client.with("postgres", |h, c| h.block_on(postgres::load_reference(c))) {
-                    Ok(fresh) => {
-                        for u in reference_changes(&reference, &fresh) {
-                            refs.send(u);
-                        }
-                        reference = fresh;
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot refresh reference data"),
-                }
-            }
-        }
-        // Backpressure: pause reading while too many epochs wait for their commit.
-        let committed = shared.committed_epoch.load(Ordering::Acquire);
-        let backlog = if args.commits_here {
-            last_data_epoch.saturating_sub(committed) > MAX_EPOCHS_IN_FLIGHT * 2 * args.epoch_ms
-        } else {
-            probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * args.epoch_ms))
-        };
-        let budget = args.max_epoch_messages.saturating_sub(read_in_epoch).min(4096);
-        if backlog || budget == 0 {
+        let budget = w.args.max_epoch_messages.saturating_sub(w.read_in_epoch).min(4096);
+        if w.backlogged() || budget == 0 {
             worker.step_or_park(Some(Duration::from_millis(5)));
             continue;
         }
         // `Worker::step` reports whether dataflows exist, not whether there
         // was work: park up to 1 ms when the last read found nothing, so an
         // idle processor sleeps instead of spinning.
-        worker.step_or_park(Some(if idle_reads > 0 { Duration::from_millis(1) } else { Duration::ZERO }));
-        let report = intake.read(budget, Duration::ZERO, &mut buf);
-        idle_reads = if buf.is_empty() { idle_reads + 1 } else { 0 };
+        worker.step_or_park(Some(if w.idle_reads > 0 { Duration::from_millis(1) } else { Duration::ZERO }));
+        w.read(budget)?;
+        w.report();
+        if w.input_ended() {
+            tracing::info!(worker = index, "inputs idle: closing");
+            break;
+        }
+    }
+    w.drain(worker)
+}
+
+/// A dataflow input of `D` records.
+type Input<D> = InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<D>>>;
+
+/// A worker's loop state between turns: its inputs to the dataflow, its
+/// consumer, and the clocks of the things it does now and then.
+struct WorkerLoop {
+    index: usize,
+    args: super::WorkerArgs,
+    shared: Arc<Shared>,
+    metrics: Arc<crate::metrics::Metrics>,
+    stats: Arc<GraphStats>,
+    intake: Intake,
+    raw: Input<RawMessage>,
+    refs: Input<RefUpdate>,
+    probe: ProbeHandle<u64>,
+    /// The committer's channel is closed (it ended).
+    committer_gone: Arc<AtomicBool>,
+    /// The reference data last sent (worker 0 sends the changes).
+    reference: Reference,
+    ref_client: BlockingClient,
+    /// The epoch messages are stamped with now.
+    epoch: u64,
+    read_in_epoch: usize,
+    /// The last epoch that got a message.
+    last_data_epoch: u64,
+    buf: Vec<RawMessage>,
+    /// Reads in a row that found nothing.
+    idle_reads: u32,
+    /// Whether the broker is away (the `waiting{what="kafka"}` gauge).
+    input_failing: bool,
+    last_ref_refresh: Instant,
+    last_topic_check: Instant,
+    /// Until when read errors make the worker ask whether a topic is gone.
+    topic_suspect_until: Option<Instant>,
+    last_lag_check: Instant,
+    last_end_check: Instant,
+}
+
+impl WorkerLoop {
+    /// Moves the inputs to the current wall-clock slot.
+    fn advance_epoch(&mut self) {
+        let slot = now_slot(self.args.epoch_ms);
+        if slot > self.epoch {
+            self.epoch = slot;
+            self.raw.advance_to(slot);
+            self.refs.advance_to(slot);
+            self.read_in_epoch = 0;
+        }
+    }
+
+    /// Every `--reference-refresh-ms`: worker 0 sends the reference data's
+    /// changes; a process that does not commit learns commit progress.
+    fn refresh(&mut self) {
+        self.last_ref_refresh = Instant::now();
+        if !self.args.commits_here {
+            // Other processes learn commit progress from the database, so
+            // that their dedup memory can let go of committed late ids.
+            if let Ok(e) =
+                self.ref_client.with("postgres", |h, c| h.block_on(postgres::last_committed_epoch(c)))
+            {
+                self.shared.committed_epoch.fetch_max(e, Ordering::AcqRel);
+            }
+        }
+        if self.index == 0 {
+            match self.ref_client.with("postgres", |h, c| h.block_on(postgres::load_reference(c))) {
+                Ok(fresh) => {
+                    for u in reference_changes(&self.reference, &fresh) {
+                        self.refs.send(u);
+                    }
+                    self.reference = fresh;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot refresh reference data"),
+            }
+        }
+    }
+
+    /// Backpressure: pause reading while too many epochs wait for their commit.
+    fn backlogged(&self) -> bool {
+        let committed = self.shared.committed_epoch.load(Ordering::Acquire);
+        if self.args.commits_here {
+            self.last_data_epoch.saturating_sub(committed) > MAX_EPOCHS_IN_FLIGHT * 2 * self.args.epoch_ms
+        } else {
+            self.probe.less_than(&self.epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * self.args.epoch_ms))
+        }
+    }
+
+    /// Reads up to `budget` messages into the dataflow; ends the run when
+    /// the broker refuses the consumer or an input topic is gone.
+    fn read(&mut self, budget: usize) -> Result<(), String> {
+        let report = self.intake.read(budget, Duration::ZERO, &mut self.buf);
+        self.idle_reads = if self.buf.is_empty() { self.idle_reads + 1 } else { 0 };
         if report.errors > 0 {
-            metrics.consumer_errors.inc_by(report.errors as u64);
+            self.metrics.consumer_errors.inc_by(report.errors as u64);
         }
         // An outage is waited for (the client reconnects by itself); a
         // refusal (credentials, ACLs) would repeat forever.
@@ -143,103 +236,126 @@ pub(super) fn run_worker(
         {
             return Err(format!("Kafka refused the processor's consumer: {e}"));
         }
-        // "Unknown topic or partition" is what a topic still being created
-        // says too: ask the cluster (at most every 2 s) whether an input
-        // topic is really gone. A deleted input topic ends the run: its
-        // offsets are stored and a new topic of the same name is refused at
-        // the next start, so waiting would wait forever.
-        // librdkafka reports the error a few times, then less often: keep
-        // asking for a while after the last one (the first answer may still
-        // show a topic whose deletion is under way).
         if report.failures.iter().any(is_unknown_topic) {
-            topic_suspect_until = Some(Instant::now() + TOPIC_SUSPECT_FOR);
+            self.topic_suspect_until = Some(Instant::now() + TOPIC_SUSPECT_FOR);
         }
-        if topic_suspect_until.is_some_and(|until| Instant::now() < until)
-            && last_topic_check.elapsed() >= TOPIC_CHECK_EVERY
+        self.check_topics()?;
+        // The broker is down or unreachable: say so in the metrics (the
+        // intake logs the start and the end of the outage once).
+        let failing = self.intake.failing();
+        if failing != self.input_failing {
+            self.input_failing = failing;
+            self.metrics.waiting.get_or_create(&WhatLabel { what: "kafka" }).set(i64::from(failing));
+        }
+        if !self.buf.is_empty() {
+            if let Some(ts) = self.buf.last().and_then(|m| m.timestamp_ms) {
+                let delay = (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3;
+                self.metrics
+                    .read_delay_seconds
+                    .get_or_create(&WorkerLabel { worker: self.index as u32 })
+                    .set(delay);
+            }
+            self.read_in_epoch += self.buf.len();
+            self.last_data_epoch = self.epoch;
+            for m in self.buf.drain(..) {
+                self.raw.send(m);
+            }
+        }
+        Ok(())
+    }
+
+    /// "Unknown topic or partition" is what a topic still being created
+    /// says too: ask the cluster (at most every 2 s) whether an input topic
+    /// is really gone. A deleted input topic ends the run: its offsets are
+    /// stored and a new topic of the same name is refused at the next
+    /// start, so waiting would wait forever. librdkafka reports the error a
+    /// few times, then less often: keep asking for a while after the last
+    /// one (the first answer may still show a topic whose deletion is under
+    /// way).
+    fn check_topics(&mut self) -> Result<(), String> {
+        if self.topic_suspect_until.is_some_and(|until| Instant::now() < until)
+            && self.last_topic_check.elapsed() >= TOPIC_CHECK_EVERY
         {
-            last_topic_check = Instant::now();
-            let missing = intake.missing_topics();
+            self.last_topic_check = Instant::now();
+            let missing = self.intake.missing_topics();
             tracing::debug!(?missing, "input topics the cluster does not know");
             if !missing.is_empty() {
                 return Err(format!("input topic {} no longer exists (deleted?)", missing.join(", ")));
             }
         }
-        // The broker is down or unreachable: say so in the metrics (the
-        // intake logs the start and the end of the outage once).
-        let failing = intake.failing();
-        if failing != input_failing {
-            input_failing = failing;
-            metrics.waiting.get_or_create(&WhatLabel { what: "kafka" }).set(i64::from(failing));
-        }
-        if !buf.is_empty() {
-            if let Some(ts) = buf.last().and_then(|m| m.timestamp_ms) {
-                let delay = (chrono::Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3;
-                metrics.read_delay_seconds.get_or_create(&WorkerLabel { worker: index as u32 }).set(delay);
-            }
-            read_in_epoch += buf.len();
-            last_data_epoch = epoch;
-            for m in buf.drain(..) {
-                raw.send(m);
-            }
-        }
-        metrics.dedup_ids.set(stats.dedup_ids.load(Ordering::Relaxed) as i64);
-        let beyond = stats.dedup_beyond_history.load(Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The dedup and lag metrics; a warning for applied events that might
+    /// repeat archived ones.
+    fn report(&mut self) {
+        let metrics = &self.metrics;
+        metrics.dedup_ids.set(self.stats.dedup_ids.load(Ordering::Relaxed) as i64);
+        let beyond = self.stats.dedup_beyond_history.load(Ordering::Relaxed);
         let counted = metrics.dedup_beyond_history.get();
         if beyond > counted {
             metrics.dedup_beyond_history.inc_by(beyond - counted);
             tracing::warn!(
-                worker = index,
+                worker = self.index,
                 events = beyond - counted,
                 "applied events whose ids are not in the held history and which occurred before it: each \
                  might repeat an archived event (see ARCHITECTURE.md, History at scale)"
             );
         }
-        if last_lag_check.elapsed() >= Duration::from_secs(1) {
-            last_lag_check = Instant::now();
+        if self.last_lag_check.elapsed() >= Duration::from_secs(1) {
+            self.last_lag_check = Instant::now();
             metrics
                 .consumer_lag_messages
-                .get_or_create(&WorkerLabel { worker: index as u32 })
-                .set(intake.lag());
+                .get_or_create(&WorkerLabel { worker: self.index as u32 })
+                .set(self.intake.lag());
         }
-        // The end-of-input check asks the broker for every partition's end
-        // (one round trip each): at most every END_CHECK, not on every turn
-        // of a quiet loop.
-        if let Some(idle) = args.exit_when_idle
-            && intake.quiet_for() >= idle
-            && (!args.commits_here || shared.committed_epoch.load(Ordering::Acquire) >= last_data_epoch)
-            && !probe.less_than(&epoch)
-            && last_end_check.elapsed() >= END_CHECK
-            && {
-                last_end_check = Instant::now();
-                intake.at_end()
+    }
+
+    /// `--exit-when-idle`: whether the input has been quiet long enough,
+    /// everything read is committed and the consumer is at every
+    /// partition's end. The end-of-input check asks the broker for every
+    /// partition's end (one round trip each): at most every [`END_CHECK`],
+    /// not on every turn of a quiet loop.
+    fn input_ended(&mut self) -> bool {
+        let Some(idle) = self.args.exit_when_idle else { return false };
+        let ready = self.intake.quiet_for() >= idle
+            && (!self.args.commits_here
+                || self.shared.committed_epoch.load(Ordering::Acquire) >= self.last_data_epoch)
+            && !self.probe.less_than(&self.epoch)
+            && self.last_end_check.elapsed() >= END_CHECK;
+        if !ready {
+            return false;
+        }
+        self.last_end_check = Instant::now();
+        self.intake.at_end()
+    }
+
+    /// Closes the inputs and steps the dataflow until the open epochs are
+    /// committed, unless they cannot be: the committer ended, another
+    /// worker failed, or `Validate` holds an epoch back (its lookup failed
+    /// or was stopped during an outage); those epochs are read again on the
+    /// next start.
+    fn drain(self, worker: &mut timely::worker::Worker) -> Result<(), String> {
+        let WorkerLoop { raw, refs, probe, shared, stats, committer_gone, .. } = self;
+        drop(raw);
+        drop(refs);
+        while !probe.with_frontier(|f| f.is_empty()) {
+            if committer_gone.load(Ordering::Relaxed)
+                || shared.committer_failed.load(Ordering::Relaxed)
+                || shared.worker_failed.load(Ordering::Relaxed)
+            {
+                break;
             }
-        {
-            tracing::info!(worker = index, "inputs idle: closing");
-            break;
+            if let Some(failure) = stats.failure() {
+                return validate_failed(failure);
+            }
+            worker.step_or_park(Some(Duration::from_millis(10)));
         }
-    }
-    drop(raw);
-    drop(refs);
-    // Drain the open epochs, unless they cannot be committed: the committer
-    // ended, another worker failed, or `Validate` holds an epoch back (its
-    // lookup failed or was stopped during an outage); those epochs are read
-    // again on the next start.
-    while !probe.with_frontier(|f| f.is_empty()) {
-        if committer_gone.load(Ordering::Relaxed)
-            || shared.committer_failed.load(Ordering::Relaxed)
-            || shared.worker_failed.load(Ordering::Relaxed)
-        {
-            break;
+        if committer_gone.load(Ordering::Relaxed) || shared.committer_failed.load(Ordering::Relaxed) {
+            return Err("the committer stopped".into());
         }
-        if let Some(failure) = stats.failure() {
-            return validate_failed(failure);
-        }
-        worker.step_or_park(Some(Duration::from_millis(10)));
+        Ok(())
     }
-    if committer_gone.load(Ordering::Relaxed) || shared.committer_failed.load(Ordering::Relaxed) {
-        return Err("the committer stopped".into());
-    }
-    Ok(())
 }
 
 /// How often, at most, the worker asks whether an input topic is gone.

@@ -388,15 +388,15 @@ impl TestEnv {
         client.query_one(query, &[]).await.unwrap().get::<_, i64>(0)
     }
 
-    /// The sum of the high watermarks of the three input topics: where a
+    /// The sum of the high watermarks of the input topics: where a
     /// processor that has read everything stands (`sum(next_offset)` of
     /// `source_offsets`). Transaction markers count as offsets.
     pub fn input_end(&self) -> i64 {
         let consumer: BaseConsumer =
             ClientConfig::new().set("bootstrap.servers", &self.brokers).create().unwrap();
         let mut end = 0;
-        for t in ["online_orders", "store_sales", "supplier_restocks"] {
-            let t = self.topic(t);
+        for kind in dataflow::EventKind::ALL {
+            let t = self.topic(kind.topic());
             let md = consumer.fetch_metadata(Some(&t), Duration::from_secs(10)).unwrap();
             for p in md.topics()[0].partitions() {
                 end += consumer.fetch_watermarks(&t, p.id(), Duration::from_secs(10)).unwrap().1;

@@ -55,8 +55,7 @@ pub async fn assert_exactly_once(env: &TestEnv, products: u32, opening: &HashMap
     let dlq = env.read_until_quiet(&["dlq"], quiet);
     let alerts = env.read_until_quiet(&["stock_alerts"], quiet);
     let inputs: Vec<Record> = {
-        let topics: Vec<String> =
-            ["online_orders", "store_sales", "supplier_restocks"].iter().map(|t| env.topic(t)).collect();
+        let topics: Vec<String> = dataflow::EventKind::ALL.iter().map(|k| env.topic(k.topic())).collect();
         consume(&env.brokers, &topics, usize::MAX, Duration::from_secs(120), Some(quiet))
     };
     let messages: BTreeMap<(String, i32, i64), Record> =

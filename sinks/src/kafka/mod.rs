@@ -7,6 +7,7 @@ mod transactional;
 pub use admin::{METADATA_TIMEOUT, TopicOutcome, ensure_topics, fetch_partition_counts};
 pub use outputs::{
     MAX_DLQ_PAYLOAD, OutputMessage, OutputProducer, alert_messages, epoch_messages, republish_messages,
+    unpublished_messages,
 };
 pub use transactional::{TransactionalOutputs, transactional_id};
 

@@ -49,6 +49,18 @@ struct InventoryUpdate<'a> {
     committed_at: String,
 }
 
+impl InventoryUpdate<'_> {
+    /// The `inventory_updates` message, keyed by product: the one way it
+    /// is built, for a fresh commit and for a re-send alike.
+    fn message(&self, topics: &TopicNames) -> OutputMessage {
+        OutputMessage {
+            topic: topics.inventory_updates(),
+            key: Some(self.product_id.as_bytes().to_vec()),
+            payload: serde_json::to_vec(self).unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct AlertMessage<'a> {
     alert_id: &'a str,
@@ -186,11 +198,7 @@ pub fn epoch_messages(
                     low_stock: level.low,
                     committed_at: rfc3339(committed_at),
                 };
-                out.push(OutputMessage {
-                    topic: topics.inventory_updates(),
-                    key: Some(event.product_id.as_bytes().to_vec()),
-                    payload: serde_json::to_vec(&u).unwrap_or_default(),
-                });
+                out.push(u.message(topics));
             }
             Outcome::Rejected { msg, rejection } => out.push(dlq_message(
                 topics,
@@ -209,6 +217,22 @@ pub fn epoch_messages(
     }
     alert_messages(topics, alerts, &mut out);
     out
+}
+
+/// The output messages of the commits after epoch `after` up to `through`
+/// (after a crash, or for a commit retried after a lost acknowledgement),
+/// rebuilt from what the database holds, and the last of those commits'
+/// epoch (`None`: there are none).
+pub async fn unpublished_messages(
+    client: &tokio_postgres::Client,
+    topics: &TopicNames,
+    after: u64,
+    through: u64,
+) -> Result<(Vec<OutputMessage>, Option<u64>), SinkError> {
+    let rows = crate::postgres::unpublished_rows(client, after, through).await?;
+    let alerts = crate::postgres::unpublished_alerts(client, after, through).await?;
+    let last = rows.iter().map(|r| r.epoch).chain(alerts.iter().map(|a| a.epoch)).max();
+    Ok((republish_messages(topics, &rows, &alerts), last))
 }
 
 /// The output messages of commits not yet published (after a crash),
@@ -238,11 +262,7 @@ pub fn republish_messages(
                 low_stock: r.low.unwrap_or(true),
                 committed_at: rfc3339(r.processed_at),
             };
-            out.push(OutputMessage {
-                topic: topics.inventory_updates(),
-                key: Some(product_id.as_bytes().to_vec()),
-                payload: serde_json::to_vec(&u).unwrap_or_default(),
-            });
+            out.push(u.message(topics));
         } else {
             let value: Option<Vec<u8>> =
                 r.raw.as_ref().map(|raw| crate::postgres::raw_bytes(raw, r.raw_is_base64));
@@ -263,6 +283,40 @@ pub fn republish_messages(
     }
     alert_messages(topics, alerts, &mut out);
     out
+}
+
+/// Queues `messages` in order on `producer` (both output producers, the
+/// at-least-once one and the transactional one, send through here). A
+/// full local queue is waited out, 5 ms at a time, unless `stopping` says
+/// the process is stopping ([`SinkError::Interrupted`]); any other refusal
+/// is an error naming the topic. Delivery is the caller's to wait for.
+pub(crate) fn send_all<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
+    producer: &ThreadedProducer<C>,
+    messages: &[OutputMessage],
+    stopping: impl Fn() -> bool,
+) -> Result<(), SinkError> {
+    for m in messages {
+        let mut record = BaseRecord::to(&m.topic).payload(&m.payload);
+        if let Some(k) = &m.key {
+            record = record.key(k);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if stopping() {
+                        return Err(SinkError::Interrupted("Kafka"));
+                    }
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((cause, _)) => {
+                    return Err(SinkError::Kafka { context: format!("send to {}", m.topic), cause });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -329,27 +383,7 @@ impl OutputProducer {
     /// acknowledged.
     pub fn publish(&self, messages: &[OutputMessage], wait: Wait<'_>) -> Result<(), SinkError> {
         let failed_before = self.deliveries.failed.load(Ordering::Relaxed);
-        for m in messages {
-            let mut record = BaseRecord::to(&m.topic).payload(&m.payload);
-            if let Some(k) = &m.key {
-                record = record.key(k);
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        if wait.stopping() {
-                            return Err(SinkError::Interrupted("Kafka"));
-                        }
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((cause, _)) => {
-                        return Err(SinkError::Kafka { context: format!("send to {}", m.topic), cause });
-                    }
-                }
-            }
-        }
+        send_all(&self.producer, messages, || wait.stopping())?;
         let started = Instant::now();
         let mut waited = false;
         while let Err(e) = self.producer.flush(Duration::from_secs(2)) {
@@ -377,5 +411,269 @@ impl OutputProducer {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::{DateTime, Utc};
+    use dataflow::records::{EpochBatch, Outcome, RawMessage};
+    use dataflow::{ErrorCode, EventKind, Rejection, TopicNames};
+    use serde_json::{Value, json};
+
+    use super::{MAX_DLQ_PAYLOAD, OutputMessage, dlq_payload, epoch_messages, republish_messages};
+    use crate::postgres::{UnpublishedRow, raw_text};
+
+    /// Our copy of the contract's `dlq` record schema.
+    const DLQ_SCHEMA: &str = include_str!("../../../tests/contract/schemas/dlq_record.json");
+
+    fn at() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-25T14:03:07.123Z").expect("a valid time").with_timezone(&Utc)
+    }
+
+    fn msg(
+        kind: EventKind,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> RawMessage {
+        RawMessage {
+            kind,
+            partition,
+            offset,
+            timestamp_ms: Some(1_764_079_387_000),
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn rejected(m: RawMessage, code: ErrorCode, detail: &str, event_id: Option<&str>) -> Outcome {
+        Outcome::Rejected {
+            msg: m,
+            rejection: Box::new(Rejection::new(code, detail, event_id.map(String::from))),
+        }
+    }
+
+    fn batch(outcomes: Vec<Outcome>) -> EpochBatch {
+        EpochBatch { epoch: 7, outcomes, ..EpochBatch::default() }
+    }
+
+    fn json_of(m: &OutputMessage) -> Value {
+        serde_json::from_slice(&m.payload).expect("the payload is JSON")
+    }
+
+    /// The strings of the array at `pointer` in a schema (an `enum` or a
+    /// `required` list).
+    fn schema_enum(schema: &Value, pointer: &str) -> Vec<String> {
+        schema
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("no enum at {pointer}"))
+            .iter()
+            .map(|v| v.as_str().expect("a string").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_dlq_record_carries_the_contract_fields_and_the_input_key() {
+        let value = br#"{"event_id":"e-1","quantity":0}"#;
+        let m = msg(EventKind::OnlineOrder, 2, 41, Some(b"P-001"), Some(value));
+        let b = batch(vec![rejected(
+            m,
+            ErrorCode::InvalidQuantity,
+            "quantity: 0 is not in 1..=1000000",
+            Some("e-1"),
+        )]);
+        let out = epoch_messages(&TopicNames::with_prefix(""), &b, &HashMap::new(), &[], at());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "dlq");
+        assert_eq!(out[0].key.as_deref(), Some(&b"P-001"[..]));
+        assert_eq!(
+            json_of(&out[0]),
+            json!({
+                "source_topic": "online_orders",
+                "partition": 2,
+                "offset": 41,
+                "payload": r#"{"event_id":"e-1","quantity":0}"#,
+                "payload_encoding": "utf8",
+                "payload_bytes": value.len(),
+                "event_id": "e-1",
+                "error": { "code": "invalid_quantity", "detail": "quantity: 0 is not in 1..=1000000" },
+                "failed_at": "2026-11-25T14:03:07.123Z",
+            })
+        );
+    }
+
+    #[test]
+    fn dlq_records_of_every_code_and_topic_meet_the_contract_schema() {
+        let schema: Value = serde_json::from_str(DLQ_SCHEMA).expect("the schema is JSON");
+        let required = schema_enum(&schema, "/required");
+        let topics = schema_enum(&schema, "/properties/source_topic/enum");
+        let codes = schema_enum(&schema, "/properties/error/properties/code/enum");
+        let encodings = schema_enum(&schema, "/properties/payload_encoding/enum");
+        let error_required = schema_enum(&schema, "/properties/error/required");
+        let mut outcomes = Vec::new();
+        for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
+            let kind = EventKind::ALL[i % EventKind::ALL.len()];
+            let value: &[u8] = if i % 2 == 0 { b"{}" } else { &[0xff, 0x00] };
+            outcomes.push(rejected(msg(kind, 0, i as i64, None, Some(value)), code, "a detail", None));
+        }
+        let out = epoch_messages(&TopicNames::with_prefix(""), &batch(outcomes), &HashMap::new(), &[], at());
+        assert_eq!(out.len(), ErrorCode::ALL.len());
+        for (m, code) in out.iter().zip(ErrorCode::ALL) {
+            let v = json_of(m);
+            for key in &required {
+                assert!(v.get(key).is_some(), "{key} missing from {v}");
+            }
+            for key in &error_required {
+                assert!(v["error"].get(key).is_some(), "error.{key} missing from {v}");
+            }
+            assert_eq!(v["error"]["code"], code.as_str());
+            assert!(codes.iter().any(|c| v["error"]["code"] == c.as_str()), "{v}");
+            assert!(topics.iter().any(|t| v["source_topic"] == t.as_str()), "{v}");
+            assert!(encodings.iter().any(|e| v["payload_encoding"] == e.as_str()), "{v}");
+            assert!(v["partition"].as_i64().is_some_and(|p| p >= 0), "{v}");
+            assert!(v["offset"].as_i64().is_some_and(|o| o >= 0), "{v}");
+            assert!(v["event_id"].is_null(), "{v}");
+            assert!(DateTime::parse_from_rfc3339(v["failed_at"].as_str().expect("a string")).is_ok(), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_base64_and_an_empty_key_is_no_key() {
+        let value = [0xff, 0xfe, 0x00, 0x41];
+        let m = msg(EventKind::StoreSale, 0, 5, Some(b""), Some(&value));
+        let b = batch(vec![rejected(m, ErrorCode::MalformedJson, "not UTF-8", None)]);
+        let out = epoch_messages(&TopicNames::with_prefix(""), &b, &HashMap::new(), &[], at());
+        assert_eq!(out[0].key, None);
+        let v = json_of(&out[0]);
+        assert_eq!(
+            (&v["payload"], &v["payload_encoding"], &v["payload_bytes"], &v["event_id"]),
+            (&json!("//4AQQ=="), &json!("base64"), &json!(4), &Value::Null)
+        );
+        assert_eq!(v["error"]["code"], "malformed_json");
+        assert!(v.get("payload_truncated").is_none(), "{v}");
+    }
+
+    #[test]
+    fn a_tombstone_is_an_empty_utf8_payload() {
+        let m = msg(EventKind::SupplierRestock, 1, 9, Some(b"P-9"), None);
+        let b = batch(vec![rejected(m, ErrorCode::MalformedJson, "no value", None)]);
+        let out = epoch_messages(&TopicNames::with_prefix(""), &b, &HashMap::new(), &[], at());
+        let v = json_of(&out[0]);
+        assert_eq!(
+            (&v["source_topic"], &v["payload"], &v["payload_encoding"], &v["payload_bytes"]),
+            (&json!("supplier_restocks"), &json!(""), &json!("utf8"), &json!(0))
+        );
+        assert_eq!(out[0].key.as_deref(), Some(&b"P-9"[..]));
+    }
+
+    #[test]
+    fn the_dlq_topic_takes_the_prefix_but_source_topic_stays_the_contract_name() {
+        let m = msg(EventKind::StoreSale, 3, 12, None, Some(b"[]"));
+        let b = batch(vec![rejected(m, ErrorCode::MalformedJson, "not an object", None)]);
+        let out = epoch_messages(&TopicNames::with_prefix("t1."), &b, &HashMap::new(), &[], at());
+        assert_eq!(out[0].topic, "t1.dlq");
+        assert_eq!(json_of(&out[0])["source_topic"], "store_sales");
+    }
+
+    #[test]
+    fn plain_duplicates_send_nothing_and_rejections_keep_message_order() {
+        let b = batch(vec![
+            rejected(
+                msg(EventKind::OnlineOrder, 0, 1, Some(b"a"), Some(b"x")),
+                ErrorCode::MalformedJson,
+                "d1",
+                None,
+            ),
+            Outcome::Duplicate { msg: msg(EventKind::OnlineOrder, 0, 2, Some(b"b"), None) },
+            rejected(
+                msg(EventKind::OnlineOrder, 0, 3, Some(b"c"), Some(b"{}")),
+                ErrorCode::SchemaViolation,
+                "d3",
+                None,
+            ),
+        ]);
+        let out = epoch_messages(&TopicNames::with_prefix(""), &b, &HashMap::new(), &[], at());
+        let seen: Vec<(Option<&[u8]>, Value)> =
+            out.iter().map(|m| (m.key.as_deref(), json_of(m)["offset"].clone())).collect();
+        assert_eq!(seen, vec![(Some(&b"a"[..]), json!(1)), (Some(&b"c"[..]), json!(3))]);
+    }
+
+    #[test]
+    fn huge_payloads_are_cut_on_a_char_boundary_and_flagged() {
+        // At the limit: whole.
+        let exact = vec![b'a'; MAX_DLQ_PAYLOAD];
+        let (text, encoding, truncated, bytes) = dlq_payload(Some(&exact));
+        assert_eq!(
+            (text.len(), encoding, truncated, bytes),
+            (MAX_DLQ_PAYLOAD, "utf8", false, MAX_DLQ_PAYLOAD)
+        );
+        // One 'a' then two-byte characters: byte MAX_DLQ_PAYLOAD (even) is
+        // inside a character, so the cut is one byte earlier.
+        let long = format!("a{}", "é".repeat(MAX_DLQ_PAYLOAD / 2 + 10));
+        let (text, encoding, truncated, bytes) = dlq_payload(Some(long.as_bytes()));
+        assert_eq!((text.len(), encoding, truncated, bytes), (MAX_DLQ_PAYLOAD - 1, "utf8", true, long.len()));
+        assert!(long.starts_with(&text) && text.ends_with('é'));
+        // Binary: the limit applies to the base64 text, `payload_bytes`
+        // tells the original size.
+        let binary = vec![0xff; 700_000];
+        let (text, encoding, truncated, bytes) = dlq_payload(Some(&binary));
+        assert_eq!((text.len(), encoding, truncated, bytes), (MAX_DLQ_PAYLOAD, "base64", true, 700_000));
+        // The record says so.
+        let m = msg(EventKind::OnlineOrder, 0, 0, None, Some(long.as_bytes()));
+        let b = batch(vec![rejected(m, ErrorCode::MalformedJson, "d", None)]);
+        let v = json_of(&epoch_messages(&TopicNames::with_prefix(""), &b, &HashMap::new(), &[], at())[0]);
+        assert_eq!((&v["payload_truncated"], &v["payload_bytes"]), (&json!(true), &json!(long.len())));
+    }
+
+    #[test]
+    fn a_dlq_record_sent_again_after_a_crash_is_the_one_first_sent() {
+        let topics = TopicNames::with_prefix("p.");
+        let values: [Option<&[u8]>; 5] = [
+            Some(br#"{"event_id":"e-1"}"#),
+            Some(&[0xff, 0xfe, 0x00, 0x41]),
+            Some(b"a\0b"),
+            Some(b"base64:aGk="),
+            None,
+        ];
+        for (i, value) in values.into_iter().enumerate() {
+            let m = msg(EventKind::OnlineOrder, 4, 100 + i as i64, Some(b"P-7"), value);
+            let rejection =
+                Rejection::new(ErrorCode::UnknownProduct, "product_id P-7 is unknown", Some("e-1".into()));
+            let first = epoch_messages(
+                &topics,
+                &batch(vec![Outcome::Rejected { msg: m.clone(), rejection: Box::new(rejection.clone()) }]),
+                &HashMap::new(),
+                &[],
+                at(),
+            );
+            // The `events_log` row the commit wrote for it.
+            let (raw, raw_is_base64) = raw_text(m.value.as_deref());
+            let row = UnpublishedRow {
+                epoch: 7,
+                event_id: rejection.event_id.clone(),
+                topic: topics.input(m.kind),
+                partition: m.partition,
+                offset: m.offset,
+                raw,
+                raw_is_base64,
+                key: m.key.clone(),
+                applied: false,
+                error: Some((rejection.code.as_str().to_string(), rejection.detail.clone())),
+                event_type: None,
+                product_id: None,
+                delta: None,
+                quantity_after: None,
+                low: None,
+                processed_at: at(),
+            };
+            let again = republish_messages(&topics, &[row], &[]);
+            assert_eq!(again, first, "value {value:?}");
+            assert_eq!(again[0].key.as_deref(), Some(&b"P-7"[..]));
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dataflow::TopicNames;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::OutputMessage;
@@ -260,30 +260,7 @@ impl TransactionalOutputs {
         waits: &mut Waits,
     ) -> Result<(), Next> {
         self.producer.begin_transaction().map_err(|e| classify("begin transaction", e))?;
-        for m in messages {
-            let mut record = BaseRecord::to(&m.topic).payload(&m.payload);
-            if let Some(k) = &m.key {
-                record = record.key(k);
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        if waits.wait.stopping() {
-                            return Err(Next::Stop(SinkError::Interrupted("Kafka")));
-                        }
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((cause, _)) => {
-                        return Err(Next::Stop(SinkError::Kafka {
-                            context: format!("send to {}", m.topic),
-                            cause,
-                        }));
-                    }
-                }
-            }
-        }
+        super::outputs::send_all(&self.producer, messages, || waits.wait.stopping()).map_err(Next::Stop)?;
         if tpl.count() > 0 {
             loop {
                 match self.producer.send_offsets_to_transaction(tpl, &self.metadata, CALL_TIMEOUT) {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use dataflow::records::{EpochBatch, Outcome, RawMessage};
+use dataflow::records::{EpochBatch, Outcome, RawMessage, SalesSums};
 use dataflow::{EventDetail, TopicNames};
 use futures_util::pin_mut;
 use rust_decimal::Decimal;
@@ -65,9 +65,11 @@ impl StockAlert {
 pub enum CommitOutcome {
     /// The epoch is now in the database.
     Committed {
-        /// Stock of every product the epoch's applied events touched.
-        stock: HashMap<String, StockLevel>,
-        /// The alerts the commit raised, by product.
+        /// The commit's output messages, in commit order
+        /// ([`crate::kafka::epoch_messages`]): what the publisher sends.
+        messages: Vec<crate::kafka::OutputMessage>,
+        /// The alerts the commit raised, by product (also in `messages`;
+        /// here for the log and the metrics).
         alerts: Vec<StockAlert>,
         /// The next offset of every input partition the commit read from.
         offsets: Vec<(String, i32, i64)>,
@@ -278,7 +280,8 @@ pub async fn commit_epoch(
         .get(0);
     tx.commit().await.map_err(SinkError::pg("commit"))?;
     let offsets = parts.into_iter().map(|((t, p), (_, next))| (t, p, next)).collect();
-    Ok(CommitOutcome::Committed { stock, alerts, offsets, committed_at })
+    let messages = crate::kafka::epoch_messages(topics, batch, &stock, &alerts, committed_at);
+    Ok(CommitOutcome::Committed { messages, alerts, offsets, committed_at })
 }
 
 /// `sales_hourly` increments from the batch's sums, and `sales_daily`
@@ -288,51 +291,64 @@ async fn write_sales(tx: &tokio_postgres::Transaction<'_>, batch: &EpochBatch) -
     if batch.sales.is_empty() {
         return Ok(());
     }
-    let cents = |c: i128| Decimal::try_from_i128_with_scale(c, 2).unwrap_or(Decimal::MAX);
-    let hours: Vec<DateTime<Utc>> = batch.sales.iter().map(|s| s.key.0).collect();
-    let products: Vec<&str> = batch.sales.iter().map(|s| s.key.1.as_str()).collect();
-    let sources: Vec<&str> = batch.sales.iter().map(|s| s.key.2.as_str()).collect();
-    let units: Vec<i64> = batch.sales.iter().map(|s| s.units).collect();
-    let revenue: Vec<Decimal> = batch.sales.iter().map(|s| cents(s.revenue_cents)).collect();
-    let orders: Vec<i64> = batch.sales.iter().map(|s| s.orders).collect();
-    tx.execute(
-        "INSERT INTO sales_hourly AS s (hour, product_id, source, units, revenue, order_count, updated_at) \
-         SELECT h, p, src, u, r, o, now() \
-         FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::bigint[], $5::numeric[], $6::bigint[]) \
-           AS t(h, p, src, u, r, o) \
-         ON CONFLICT (hour, product_id, source) DO UPDATE SET \
-           units = s.units + EXCLUDED.units, revenue = s.revenue + EXCLUDED.revenue, \
-           order_count = s.order_count + EXCLUDED.order_count, updated_at = now()",
-        &[&hours, &products, &sources, &units, &revenue, &orders],
-    )
-    .await
-    .map_err(SinkError::pg("update sales_hourly"))?;
-
-    let mut daily: BTreeMap<(chrono::NaiveDate, &str, &str), (i64, i128, i64)> = BTreeMap::new();
+    let hours: Vec<(DateTime<Utc>, &str, &str, SalesSums)> =
+        batch.sales.iter().map(|s| (s.key.0, s.key.1.as_str(), s.key.2.as_str(), s.sums())).collect();
+    add_sales(tx, SalesTable::Hourly, &hours).await?;
+    let mut daily: BTreeMap<(chrono::NaiveDate, &str, &str), SalesSums> = BTreeMap::new();
     for s in &batch.sales {
-        let row = daily.entry((s.key.0.date_naive(), s.key.1.as_str(), s.key.2.as_str())).or_default();
-        row.0 += s.units;
-        row.1 += s.revenue_cents;
-        row.2 += s.orders;
+        *daily.entry((s.key.0.date_naive(), s.key.1.as_str(), s.key.2.as_str())).or_default() += s.sums();
     }
-    let days: Vec<chrono::NaiveDate> = daily.keys().map(|k| k.0).collect();
-    let products: Vec<&str> = daily.keys().map(|k| k.1).collect();
-    let sources: Vec<&str> = daily.keys().map(|k| k.2).collect();
-    let units: Vec<i64> = daily.values().map(|v| v.0).collect();
-    let revenue: Vec<Decimal> = daily.values().map(|v| cents(v.1)).collect();
-    let orders: Vec<i64> = daily.values().map(|v| v.2).collect();
-    tx.execute(
-        "INSERT INTO sales_daily AS s (day, product_id, source, units, revenue, order_count, updated_at) \
-         SELECT d, p, src, u, r, o, now() \
-         FROM unnest($1::date[], $2::text[], $3::text[], $4::bigint[], $5::numeric[], $6::bigint[]) \
-           AS t(d, p, src, u, r, o) \
-         ON CONFLICT (day, product_id, source) DO UPDATE SET \
+    let days: Vec<(chrono::NaiveDate, &str, &str, SalesSums)> =
+        daily.into_iter().map(|((d, p, src), sums)| (d, p, src, sums)).collect();
+    add_sales(tx, SalesTable::Daily, &days).await
+}
+
+/// The two sales tables, alike but for their time column.
+#[derive(Clone, Copy)]
+enum SalesTable {
+    /// `sales_hourly`, by `hour timestamptz`.
+    Hourly,
+    /// `sales_daily`, by `day date`.
+    Daily,
+}
+
+impl SalesTable {
+    /// (table, time column, its type, what a failure says).
+    const fn names(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            SalesTable::Hourly => ("sales_hourly", "hour", "timestamptz", "update sales_hourly"),
+            SalesTable::Daily => ("sales_daily", "day", "date", "update sales_daily"),
+        }
+    }
+}
+
+/// Adds `rows` (time, product, source, sums) to one sales table in one
+/// statement.
+async fn add_sales<T: tokio_postgres::types::ToSql + Sync>(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: SalesTable,
+    rows: &[(T, &str, &str, SalesSums)],
+) -> Result<(), SinkError> {
+    let (table, time_column, time_type, context) = table.names();
+    let cents = |c: i128| Decimal::try_from_i128_with_scale(c, 2).unwrap_or(Decimal::MAX);
+    let times: Vec<&T> = rows.iter().map(|r| &r.0).collect();
+    let products: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let sources: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    let units: Vec<i64> = rows.iter().map(|r| r.3.units).collect();
+    let revenue: Vec<Decimal> = rows.iter().map(|r| cents(r.3.revenue_cents)).collect();
+    let orders: Vec<i64> = rows.iter().map(|r| r.3.orders).collect();
+    let sql = format!(
+        "INSERT INTO {table} AS s ({time_column}, product_id, source, units, revenue, order_count, updated_at) \
+         SELECT t, p, src, u, r, o, now() \
+         FROM unnest($1::{time_type}[], $2::text[], $3::text[], $4::bigint[], $5::numeric[], $6::bigint[]) \
+           AS x(t, p, src, u, r, o) \
+         ON CONFLICT ({time_column}, product_id, source) DO UPDATE SET \
            units = s.units + EXCLUDED.units, revenue = s.revenue + EXCLUDED.revenue, \
-           order_count = s.order_count + EXCLUDED.order_count, updated_at = now()",
-        &[&days, &products, &sources, &units, &revenue, &orders],
-    )
-    .await
-    .map_err(SinkError::pg("update sales_daily"))?;
+           order_count = s.order_count + EXCLUDED.order_count, updated_at = now()"
+    );
+    tx.execute(&sql, &[&times, &products, &sources, &units, &revenue, &orders])
+        .await
+        .map_err(SinkError::pg(context))?;
     Ok(())
 }
 
@@ -549,4 +565,67 @@ async fn copy_orders(tx: &tokio_postgres::Transaction<'_>, batch: &EpochBatch) -
     }
     writer.finish().await.map_err(SinkError::pg("finish copy orders"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{raw_bytes, raw_text};
+
+    #[test]
+    fn utf8_values_are_stored_as_text_unflagged() {
+        let json = br#"{"event_id":"e-1","product_id":"P-001"}"#;
+        assert_eq!(
+            raw_text(Some(json)),
+            (Some(r#"{"event_id":"e-1","product_id":"P-001"}"#.to_string()), false)
+        );
+        // Not ASCII, still UTF-8: text.
+        assert_eq!(raw_text(Some("Größe €".as_bytes())), (Some("Größe €".to_string()), false));
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_base64_prefixed_and_flagged() {
+        assert_eq!(raw_text(Some(&[0xff, 0xfe, 0x00, 0x41])), (Some("base64://4AQQ==".to_string()), true));
+        // A truncated two-byte sequence.
+        assert_eq!(raw_text(Some(&[0xc3, 0x28])), (Some("base64:wyg=".to_string()), true));
+    }
+
+    #[test]
+    fn utf8_values_with_nul_are_base64_because_text_cannot_hold_nul() {
+        assert_eq!(raw_text(Some(b"a\0b")), (Some("base64:YQBi".to_string()), true));
+    }
+
+    #[test]
+    fn a_tombstone_has_no_raw_value_and_an_empty_value_is_empty_text() {
+        assert_eq!(raw_text(None), (None, false));
+        assert_eq!(raw_text(Some(b"")), (Some(String::new()), false));
+        assert_eq!(raw_bytes("", false), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn text_that_starts_with_the_base64_prefix_stays_text_and_is_not_decoded() {
+        // "aGk=" is "hi" in base64: only the flag says whether to decode.
+        assert_eq!(raw_text(Some(b"base64:aGk=")), (Some("base64:aGk=".to_string()), false));
+        assert_eq!(raw_bytes("base64:aGk=", false), b"base64:aGk=".to_vec());
+        assert_eq!(raw_bytes("base64:aGk=", true), b"hi".to_vec());
+    }
+
+    #[test]
+    fn raw_bytes_gives_back_every_value_raw_text_stored() {
+        let every_byte: Vec<u8> = (0..=255).collect();
+        let values: [&[u8]; 8] = [
+            b"",
+            br#"{"event_id":"e-1"}"#,
+            "Größe €".as_bytes(),
+            b"base64:aGk=",
+            b"a\0b",
+            &[0xff, 0xfe, 0x00, 0x41],
+            &[0xc3],
+            &every_byte,
+        ];
+        for v in values {
+            let (text, is_base64) = raw_text(Some(v));
+            let text = text.expect("a value is stored");
+            assert_eq!(raw_bytes(&text, is_base64), v.to_vec(), "{v:?} stored as {text:?}");
+        }
+    }
 }

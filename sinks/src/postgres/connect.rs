@@ -37,9 +37,12 @@ fn settings(dsn: &str) -> Vec<Setting<'_>> {
 fn url_settings(url: &str, start: usize) -> Vec<Setting<'_>> {
     let mut out = Vec::new();
     let rest = &url[start..];
-    // The user-info ends at the last '@' before the path (libpq reads the
-    // authority up to the first '/').
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    // The user-info ends at the last '@' before the query: libpq reads the
+    // authority up to the first '/', tokio-postgres the user-info up to
+    // the '@' (a password may hold an unencoded '/'). Taking the wider
+    // reading hides a password either way; an '@' in the path only hides
+    // more than needed.
+    let authority_end = rest.find('?').unwrap_or(rest.len());
     let mut tail_start = start;
     if let Some(at) = rest[..authority_end].rfind('@') {
         if let Some(colon) = rest[..at].find(':') {
@@ -86,9 +89,11 @@ fn key_value_settings(dsn: &str) -> Vec<Setting<'_>> {
             }
             i = (i + 1).min(bytes.len());
         } else {
+            // A backslash escapes the next character (`se\ cret` is one value).
             while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
-                i += 1;
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
             }
+            i = i.min(bytes.len());
         }
         out.push(Setting { key, whole: key_start..i, value: value_start..i, in_url: false });
     }
@@ -131,11 +136,12 @@ fn decoded(dsn: &str, s: &Setting<'_>) -> String {
 /// messages and logs, in each form libpq and tokio-postgres take: a URL's
 /// user-info (`postgres://user:secret@host/db`), a URL's `password`
 /// parameter (`...?password=secret`), and a key=value string
-/// (`host=h password=secret`, or `password='se cret'` quoted).
+/// (`host=h password=secret`, or `password='se cret'` quoted); libpq's
+/// `sslpassword` (the client key's) too.
 pub fn redact_url(dsn: &str) -> String {
     let mut passwords: Vec<Range<usize>> = settings(dsn)
         .into_iter()
-        .filter(|s| s.key.eq_ignore_ascii_case("password"))
+        .filter(|s| s.key.eq_ignore_ascii_case("password") || s.key.eq_ignore_ascii_case("sslpassword"))
         .map(|s| s.value)
         .collect();
     passwords.sort_by_key(|r| std::cmp::Reverse(r.start));
@@ -320,6 +326,92 @@ mod tests {
             let shown = redact_url(dsn);
             assert_eq!(shown, want, "{dsn}");
             for secret in ["s3cret", "p@ss", "w0rd", "other", "se cret"] {
+                assert!(!shown.contains(secret), "{dsn} -> {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn percent_encoded_passwords_are_hidden_whole() {
+        let cases = [
+            // '@', '/' and ' ' percent-encoded in the user-info password.
+            ("postgres://app:p%40ss%2Fw%20rd@db/x", "postgres://app:***@db/x"),
+            // '&' and '=' percent-encoded in a `password` parameter.
+            (
+                "postgres://app@db/x?password=p%26q%3Dr&sslmode=disable",
+                "postgres://app@db/x?password=***&sslmode=disable",
+            ),
+        ];
+        for (dsn, want) in cases {
+            assert_eq!(redact_url(dsn), want, "{dsn}");
+        }
+    }
+
+    #[test]
+    fn url_redaction_keeps_user_hosts_ports_database_and_other_parameters() {
+        let cases = [
+            (
+                "postgres://app:s3cret@db1.example:6543,db2:5432/stockflow?sslmode=verify-full\
+                 &application_name=stockflow%20run&connect_timeout=5",
+                "postgres://app:***@db1.example:6543,db2:5432/stockflow?sslmode=verify-full\
+                 &application_name=stockflow%20run&connect_timeout=5",
+            ),
+            // No path: the authority runs to the end.
+            ("postgres://app:s3cret@db:5432", "postgres://app:***@db:5432"),
+            // An empty password is still marked, not left looking absent.
+            ("postgres://app:@db/x", "postgres://app:***@db/x"),
+            // The last parameter, and every `password` when repeated.
+            (
+                "postgres://app@db/x?sslmode=disable&password=s3cret",
+                "postgres://app@db/x?sslmode=disable&password=***",
+            ),
+            ("postgres://app@db/x?password=a&password=b", "postgres://app@db/x?password=***&password=***"),
+            // A parameter without '=' has no value to hide.
+            ("postgres://app@db/x?password", "postgres://app@db/x?password"),
+        ];
+        for (dsn, want) in cases {
+            assert_eq!(redact_url(dsn), want, "{dsn}");
+        }
+    }
+
+    #[test]
+    fn key_value_redaction_keeps_other_settings_spacing_and_quoting() {
+        let cases = [
+            (
+                "host=db user='app user' password='se cret' application_name='x y'",
+                "host=db user='app user' password=*** application_name='x y'",
+            ),
+            // Tabs and newlines separate settings too, and stay as they were.
+            ("host=db\tpassword=s3cret\nuser=app", "host=db\tpassword=***\nuser=app"),
+            ("password = 'se cret'   sslmode=require", "password = ***   sslmode=require"),
+            // An empty quoted password.
+            ("password='' host=db", "password=*** host=db"),
+            // `password=` inside another setting's quoted value is not a setting.
+            (
+                "application_name='password=x' password=y host=db",
+                "application_name='password=x' password=*** host=db",
+            ),
+        ];
+        for (dsn, want) in cases {
+            assert_eq!(redact_url(dsn), want, "{dsn:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_that_tokio_postgres_reads_wider_than_libpq_are_hidden_whole() {
+        let cases = [
+            // An unencoded '/' in the user-info password.
+            ("postgres://app:pa/ss@db/x", "postgres://app:***@db/x"),
+            // A backslash-escaped space in an unquoted key=value password.
+            ("host=db password=se\\ cret user=app", "host=db password=*** user=app"),
+            // The client key's password.
+            ("host=db sslpassword=keypass", "host=db sslpassword=***"),
+            ("postgres://app@db/x?sslpassword=keypass", "postgres://app@db/x?sslpassword=***"),
+        ];
+        for (dsn, want) in cases {
+            let shown = redact_url(dsn);
+            assert_eq!(shown, want, "{dsn}");
+            for secret in ["pa/ss", "cret", "keypass"] {
                 assert!(!shown.contains(secret), "{dsn} -> {shown}");
             }
         }

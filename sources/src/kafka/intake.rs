@@ -59,6 +59,9 @@ pub struct IntakeContext {
     /// stable offset (what a `read_committed` consumer can reach: an open
     /// transaction's messages are not readable yet).
     watermarks: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// librdkafka's fetch state per partition (`active`, `offset-wait`,
+    /// `validate-epoch-wait`, ...), for the stall warning.
+    fetch_states: std::sync::Mutex<HashMap<(String, i32), String>>,
     /// Errors of the error callback since the last read (authentication
     /// failures arrive there, not through `poll`).
     errors: std::sync::Mutex<Vec<KafkaError>>,
@@ -78,6 +81,11 @@ impl ClientContext for IntakeContext {
                     let end = if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset };
                     if partition >= 0 && end >= 0 {
                         w.insert((topic.clone(), partition), (p.lo_offset.max(0), end));
+                    }
+                    if partition >= 0
+                        && let Ok(mut f) = self.fetch_states.lock()
+                    {
+                        f.insert((topic.clone(), partition), p.fetch_state);
                     }
                 }
             }
@@ -124,7 +132,17 @@ pub struct Intake {
     /// Since when reads fail (the broker is down or unreachable): logged
     /// once when it starts and once when reading works again.
     failing_since: Option<Instant>,
+    /// Since when every read found nothing (`None`: the last one found
+    /// messages).
+    empty_since: Option<Instant>,
+    /// When the consumer was last assigned its partitions.
+    assigned_at: Instant,
 }
+
+/// How long reads may find nothing while the statistics say messages are
+/// waiting before the partitions are assigned again (see
+/// [`Intake::read`]).
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
 impl Intake {
     /// A consumer assigned to `partitions`.
@@ -161,6 +179,8 @@ impl Intake {
             next: partitions.iter().map(|p| ((p.topic.clone(), p.partition), p.next_offset)).collect(),
             last_message: Instant::now(),
             failing_since: None,
+            empty_since: None,
+            assigned_at: Instant::now(),
         })
     }
 
@@ -225,7 +245,73 @@ impl Intake {
                 }
             }
         }
+        if report.messages > 0 {
+            self.empty_since = None;
+        } else if report.failures.is_empty() {
+            let since = *self.empty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= STALL_AFTER && self.assigned_at.elapsed() >= STALL_AFTER {
+                self.unstick();
+            }
+        }
         report
+    }
+
+    /// The guard against a stalled fetcher: librdkafka 2.12 was seen (once
+    /// in a few hundred runs, against a broker restarted earlier) to stop
+    /// fetching one partition for good while the others went on, though
+    /// the partition had readable messages, until the consumer was
+    /// assigned again. When reads have found nothing for [`STALL_AFTER`]
+    /// and the statistics say some partition has messages behind its
+    /// last stable offset, this logs the partitions and their fetch states
+    /// and assigns every partition again at the next offset this consumer
+    /// knows (what was read stays read; prefetched messages are fetched
+    /// again). Reads that fail (an outage) never get here.
+    fn unstick(&mut self) {
+        // The consumer's own position, which librdkafka moves past
+        // transaction markers at a partition's end (as in `at_end`).
+        let Ok(position) = self.consumer.position() else { return };
+        let behind: Vec<String> = {
+            let Ok(w) = self.consumer.context().watermarks.lock() else { return };
+            let states = self.consumer.context().fetch_states.lock().map(|f| f.clone()).unwrap_or_default();
+            let mut v: Vec<String> = self
+                .next
+                .iter()
+                .filter_map(|(tp, next)| {
+                    let (low, end) = w.get(tp)?;
+                    let polled = position.find_partition(&tp.0, tp.1).and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                    let at = polled.into_iter().chain(*next).max().unwrap_or(*low);
+                    (*end > at).then(|| {
+                        let state = states.get(tp).map_or("?", String::as_str);
+                        format!("{}/{} at {at} of {end} ({state})", tp.0, tp.1)
+                    })
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        self.assigned_at = Instant::now();
+        if behind.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            partitions = %behind.join(", "),
+            quiet_s = STALL_AFTER.as_secs(),
+            "the consumer has fetched nothing while messages wait; assigning its partitions again"
+        );
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.next {
+            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            if tpl.add_partition_offset(topic, *partition, offset).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.assign(&tpl) {
+            tracing::warn!(error = %e, "cannot assign the partitions again");
+        }
+        self.empty_since = None;
     }
 
     /// Whether this consumer has read every assigned partition to its end.
@@ -311,5 +397,56 @@ impl Intake {
     /// Number of assigned partitions.
     pub fn partitions(&self) -> usize {
         self.next.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataflow::EventKind;
+
+    use super::{PartitionStart, share};
+
+    fn all() -> Vec<PartitionStart> {
+        let mut v = Vec::new();
+        // Out of order on purpose: the share does not depend on it.
+        for kind in [EventKind::SupplierRestock, EventKind::OnlineOrder, EventKind::StoreSale] {
+            for partition in (0..3).rev() {
+                v.push(PartitionStart { kind, topic: kind.topic().into(), partition, next_offset: None });
+            }
+        }
+        v
+    }
+
+    fn names(v: &[PartitionStart]) -> Vec<String> {
+        v.iter().map(|p| format!("{}/{}", p.topic, p.partition)).collect()
+    }
+
+    #[test]
+    fn shares_cover_every_partition_once_and_differ_by_at_most_one() {
+        for peers in 1..=10 {
+            let shares: Vec<Vec<PartitionStart>> = (0..peers).map(|i| share(all(), i, peers)).collect();
+            let mut seen: Vec<String> = shares.iter().flat_map(|s| names(s)).collect();
+            seen.sort();
+            let mut expected = names(&all());
+            expected.sort();
+            assert_eq!(seen, expected, "{peers} peers");
+            let sizes: Vec<usize> = shares.iter().map(Vec::len).collect();
+            let (min, max) = (sizes.iter().min().copied(), sizes.iter().max().copied());
+            assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{peers} peers: {sizes:?}");
+        }
+    }
+
+    #[test]
+    fn a_share_is_every_peers_th_partition_in_topic_order() {
+        assert_eq!(
+            names(&share(all(), 1, 4)),
+            ["online_orders/1", "store_sales/2"],
+            "the 2nd and 6th of the 9, kinds in topic order, partitions ascending"
+        );
+        let mut reversed = all();
+        reversed.reverse();
+        assert_eq!(names(&share(reversed, 1, 4)), names(&share(all(), 1, 4)), "input order does not matter");
+        assert_eq!(share(all(), 0, 0).len(), 9, "0 peers counts as 1");
+        assert!(share(all(), 4, 4).is_empty(), "an index beyond the peers gets nothing");
     }
 }

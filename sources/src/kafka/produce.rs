@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 
-use crate::sim::Simulation;
+use crate::sim::{Expect, Simulation};
 
 /// Where the messages go.
 pub enum Target {
@@ -189,10 +189,10 @@ pub fn produce(
         }
         summary.sent += 1;
         summary.bytes += msg.value.len() as u64;
-        match msg.injected {
-            Some(None) => summary.duplicates += 1,
-            Some(Some(_)) => summary.invalid += 1,
-            None => {}
+        match msg.expect {
+            Expect::Duplicate => summary.duplicates += 1,
+            Expect::Rejected(_) => summary.invalid += 1,
+            Expect::Applied => {}
         }
         if summary.sent % 4096 == 0 {
             bar.set_position(summary.sent);

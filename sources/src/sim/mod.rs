@@ -40,10 +40,19 @@ pub struct SimMessage {
     pub key: Option<String>,
     /// The JSON value.
     pub value: Vec<u8>,
-    /// What the processor should make of it: `None` if valid and new,
-    /// `Some(None)` for an injected exact duplicate, `Some(Some(code))` for
-    /// an injected rejection.
-    pub injected: Option<Option<ErrorCode>>,
+    /// What the processor should make of it.
+    pub expect: Expect,
+}
+
+/// What the processor should make of a simulated message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A valid, new event: applied.
+    Applied,
+    /// An injected exact copy of an earlier message: a plain duplicate.
+    Duplicate,
+    /// An injected fault: rejected with this code.
+    Rejected(ErrorCode),
 }
 
 /// Options of a simulation run.
@@ -150,12 +159,21 @@ pub struct Simulation {
 /// How many recent messages are kept as candidates for duplicates.
 const RECENT: usize = 2_000;
 
+/// The simulated system that writes each input topic (a new kind of event
+/// needs one here).
+fn upstream(kind: EventKind) -> Box<dyn UpstreamSystem> {
+    match kind {
+        EventKind::OnlineOrder => Box::new(WebShop),
+        EventKind::StoreSale => Box::new(StoreTills::new(12)),
+        EventKind::SupplierRestock => Box::new(Suppliers),
+    }
+}
+
 impl Simulation {
     /// A simulation over `catalog`, which must hold at least one product.
     pub fn new(catalog: Catalog, options: SimOptions) -> Result<Self, SimError> {
         let market = Market::new(catalog, options.seed)?;
-        let systems: Vec<Box<dyn UpstreamSystem>> =
-            vec![Box::new(WebShop), Box::new(StoreTills::new(12)), Box::new(Suppliers)];
+        let systems: Vec<Box<dyn UpstreamSystem>> = EventKind::ALL.into_iter().map(upstream).collect();
         let mix = WeightedIndex::new(systems.iter().map(|s| s.share())).expect("positive shares");
         let clock = options.count.map(|_| DiurnalClock::new(options.start, options.days.max(1e-6)));
         Ok(Simulation {
@@ -185,7 +203,7 @@ impl Simulation {
         if roll < self.options.duplicate_ratio && !self.recent.is_empty() {
             let i = self.market.rng.random_range(0..self.recent.len());
             let mut m = self.recent[i].clone();
-            m.injected = Some(None);
+            m.expect = Expect::Duplicate;
             return m;
         }
         if roll < self.options.duplicate_ratio + self.options.invalid_ratio {

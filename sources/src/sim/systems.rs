@@ -7,7 +7,7 @@ use dataflow::{ErrorCode, Event, EventDetail, EventKind};
 use rand::Rng;
 use rust_decimal::Decimal;
 
-use super::{Market, SimMessage};
+use super::{Expect, Market, SimMessage};
 
 /// A system upstream of stockflow that emits events onto one input topic.
 pub trait UpstreamSystem: Send {
@@ -24,7 +24,7 @@ fn message(event: &Event) -> SimMessage {
         kind: event.kind(),
         key: Some(event.product_id.clone()),
         value: event.to_json(),
-        injected: None,
+        expect: Expect::Applied,
     }
 }
 
@@ -51,6 +51,29 @@ fn sale_price(market: &mut Market, product: usize) -> Decimal {
     }
 }
 
+/// A sale of `quantity` of `product` at `at`, booked in the market; `detail`
+/// gets the price. The event id is drawn before the price: the order of
+/// the draws is part of what a seed produces.
+fn sale(
+    market: &mut Market,
+    product: usize,
+    quantity: u32,
+    at: DateTime<Utc>,
+    detail: impl FnOnce(Decimal) -> EventDetail,
+) -> SimMessage {
+    let event_id = market.event_id();
+    let unit_price = sale_price(market, product);
+    let event = Event {
+        event_id,
+        occurred_at: at,
+        product_id: market.catalog.products[product].product_id.clone(),
+        quantity,
+        detail: detail(unit_price),
+    };
+    market.book(product, event.delta());
+    message(&event)
+}
+
 /// The web shop: many customers, orders of one or more lines.
 #[derive(Debug, Default)]
 pub struct WebShop;
@@ -71,19 +94,11 @@ impl UpstreamSystem for WebShop {
         let c: f64 = market.rng().random();
         let customer = (c * c * 50_000.0) as u64 + 1;
         let serial = market.serial();
-        let event = Event {
-            event_id: market.event_id(),
-            occurred_at: at,
-            product_id: market.catalog.products[product].product_id.clone(),
-            quantity,
-            detail: EventDetail::OnlineOrder {
-                order_id: format!("WEB-{serial:09}"),
-                customer_id: format!("CUST-{customer:06}"),
-                unit_price: sale_price(market, product),
-            },
-        };
-        market.book(product, event.delta());
-        message(&event)
+        sale(market, product, quantity, at, |unit_price| EventDetail::OnlineOrder {
+            order_id: format!("WEB-{serial:09}"),
+            customer_id: format!("CUST-{customer:06}"),
+            unit_price,
+        })
     }
 }
 
@@ -114,19 +129,11 @@ impl UpstreamSystem for StoreTills {
         let quantity = sale_quantity(market);
         let store = market.rng().random_range(1..=self.stores);
         let serial = market.serial();
-        let event = Event {
-            event_id: market.event_id(),
-            occurred_at: at,
-            product_id: market.catalog.products[product].product_id.clone(),
-            quantity,
-            detail: EventDetail::StoreSale {
-                order_id: format!("S{store:03}-R{serial:09}"),
-                store_id: format!("S{store:03}"),
-                unit_price: sale_price(market, product),
-            },
-        };
-        market.book(product, event.delta());
-        message(&event)
+        sale(market, product, quantity, at, |unit_price| EventDetail::StoreSale {
+            order_id: format!("S{store:03}-R{serial:09}"),
+            store_id: format!("S{store:03}"),
+            unit_price,
+        })
     }
 }
 
@@ -244,7 +251,7 @@ pub(super) fn invalid_message(
         }
         ErrorCode::ConflictingDuplicate => {
             // Re-send an earlier valid event with the same id but another quantity.
-            let original = recent.iter().rev().find(|m| m.injected.is_none())?;
+            let original = recent.iter().rev().find(|m| m.expect == Expect::Applied)?;
             let mut e = dataflow::validate::decode(original.kind, Some(&original.value)).ok()?;
             e.quantity = if e.quantity == 1_000_000 { 1 } else { e.quantity + 1 };
             let key = Some(e.product_id.clone());
@@ -252,9 +259,9 @@ pub(super) fn invalid_message(
                 kind: original.kind,
                 key,
                 value: e.to_json(),
-                injected: Some(Some(code)),
+                expect: Expect::Rejected(code),
             });
         }
     };
-    Some(SimMessage { kind, key: Some(product_id), value, injected: Some(Some(code)) })
+    Some(SimMessage { kind, key: Some(product_id), value, expect: Expect::Rejected(code) })
 }
