@@ -8,11 +8,24 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::dedup::NoLookup;
 use crate::graph::{self, GraphConfig, GraphStats};
-use crate::model::{Catalog, SaleSource};
+use crate::model::{Catalog, EventKind, SaleSource};
 use crate::records::{EpochBatch, RawMessage, RefUpdate};
 
 /// Epochs a worker sends before it waits for the dataflow to finish older ones.
 const IN_FLIGHT: u64 = 2;
+
+/// A message of `kind` at `offset` of partition 0, without key or
+/// timestamp: for tests and examples.
+pub fn message(kind: EventKind, offset: i64, value: &str) -> RawMessage {
+    RawMessage {
+        kind,
+        partition: 0,
+        offset,
+        timestamp_ms: None,
+        key: None,
+        value: Some(value.as_bytes().to_vec()),
+    }
+}
 
 /// The value of an `online_order` message (`Online`) or a `store_sale`
 /// one (`Store`), as the contract writes them, at 2.50 a unit: for tests

@@ -31,14 +31,7 @@ fn restock(id: &str, product: &str, qty: u32, supplier: &str) -> String {
 }
 
 fn msg(kind: EventKind, offset: i64, value: &str) -> RawMessage {
-    RawMessage {
-        kind,
-        partition: 0,
-        offset,
-        timestamp_ms: None,
-        key: None,
-        value: Some(value.as_bytes().to_vec()),
-    }
+    harness::message(kind, offset, value)
 }
 
 fn codes(b: &EpochBatch) -> Vec<Option<ErrorCode>> {

@@ -373,7 +373,7 @@ mod tests {
     use crate::graph::{GraphConfig, GraphStats};
     use crate::harness;
     use crate::model::{ErrorCode, EventKind, SaleSource};
-    use crate::records::{Decoded, Outcome, RawMessage, RefUpdate, SalesSums};
+    use crate::records::{Decoded, Outcome, RefUpdate, SalesSums};
 
     fn config(lookup: Box<dyn AppliedLookup>) -> GraphConfig {
         GraphConfig {
@@ -400,14 +400,7 @@ mod tests {
     }
 
     fn decoded(kind: EventKind, offset: i64, value: &str) -> Decoded {
-        Decoded::new(RawMessage {
-            kind,
-            partition: 0,
-            offset,
-            timestamp_ms: None,
-            key: None,
-            value: Some(value.as_bytes().to_vec()),
-        })
+        Decoded::new(harness::message(kind, offset, value))
     }
 
     fn refs() -> Vec<RefUpdate> {

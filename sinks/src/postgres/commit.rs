@@ -124,23 +124,65 @@ pub async fn commit_epoch(
     generation: i64,
 ) -> Result<CommitOutcome, SinkError> {
     let tx = client.transaction().await.map_err(SinkError::pg("begin"))?;
-    // Fencing: the row lock also keeps any other writer of stream_progress
-    // out until this commit ends.
+    if let Err(e) = check_generation(&tx, generation).await {
+        tx.rollback().await.map_err(SinkError::pg("rollback"))?;
+        return Err(e);
+    }
+    // Offsets: first offset and next offset per partition of this epoch.
+    let parts = batch_partitions(topics, batch);
+    if already_committed(&tx, batch, &parts).await? {
+        tx.rollback().await.map_err(SinkError::pg("rollback"))?;
+        return Ok(CommitOutcome::AlreadyCommitted);
+    }
+    let (touched, stock) = update_inventory(&tx, batch).await?;
+    // Crossings: every product this commit touched or was asked to
+    // recheck, its committed state now against the last alert's.
+    let mut candidates: Vec<&str> = touched.iter().map(String::as_str).collect();
+    candidates.extend(batch.rechecks.iter().map(String::as_str));
+    candidates.sort_unstable();
+    candidates.dedup();
+    let alerts = raise_alerts(&tx, batch.epoch, &candidates).await?;
+    copy_events_log(&tx, topics, batch, &stock).await?;
+    copy_orders(&tx, batch).await?;
+    write_sales(&tx, batch).await?;
+    write_stock_hours(&tx, batch).await?;
+    store_progress(&tx, &parts, published_epoch).await?;
+    let committed_at = record_epoch(&tx, batch).await?;
+    tx.commit().await.map_err(SinkError::pg("commit"))?;
+    let offsets = parts.into_iter().map(|((t, p), (_, next))| (t, p, next)).collect();
+    let messages = crate::kafka::epoch_messages(topics, batch, &stock, &alerts, committed_at);
+    Ok(CommitOutcome::Committed { messages, alerts, offsets, committed_at })
+}
+
+type Tx<'a> = tokio_postgres::Transaction<'a>;
+
+/// Fencing: fails with [`SinkError::Fenced`] unless this processor's
+/// `generation` is the current one. The row lock also keeps any other
+/// writer of `stream_progress` out until this commit ends.
+async fn check_generation(tx: &Tx<'_>, generation: i64) -> Result<(), SinkError> {
     let current: i64 = tx
         .query_one("SELECT generation FROM stream_progress WHERE id = 1 FOR UPDATE", &[])
         .await
         .map_err(SinkError::pg("read the processor generation"))?
         .get(0);
     if current != generation {
-        tx.rollback().await.map_err(SinkError::pg("rollback"))?;
         return Err(SinkError::Fenced(format!(
             "another `stockflow run` started on this database (generation {current}, this one holds \
              {generation}): this one stops without committing, the newer one carries on"
         )));
     }
+    Ok(())
+}
 
-    // Offsets: first offset and next offset per partition of this epoch.
-    let parts = batch_partitions(topics, batch);
+/// Whether the stored offsets (locked for this commit) are already past
+/// the batch's first offsets, or, for a batch without messages (only
+/// rechecks), its epoch row exists: a retry after a lost acknowledgement,
+/// or a second processor.
+async fn already_committed(
+    tx: &Tx<'_>,
+    batch: &EpochBatch,
+    parts: &BTreeMap<(String, i32), (i64, i64)>,
+) -> Result<bool, SinkError> {
     let part_topics: Vec<&str> = parts.keys().map(|(t, _)| t.as_str()).collect();
     let part_ids: Vec<i32> = parts.keys().map(|(_, p)| *p).collect();
     let stored = tx
@@ -155,28 +197,27 @@ pub async fn commit_epoch(
     for row in &stored {
         let key: (String, i32) = (row.get(0), row.get(1));
         let next: i64 = row.get(2);
-        if let Some((first, _)) = parts.get(&key)
-            && next > *first
-        {
-            tx.rollback().await.map_err(SinkError::pg("rollback"))?;
-            return Ok(CommitOutcome::AlreadyCommitted);
+        if parts.get(&key).is_some_and(|(first, _)| next > *first) {
+            return Ok(true);
         }
     }
     // A commit without messages (only rechecks) has no offsets to tell;
     // its epoch row does.
-    if parts.is_empty()
+    Ok(parts.is_empty()
         && tx
             .query_opt("SELECT 1 FROM epochs WHERE epoch = $1", &[&(batch.epoch as i64)])
             .await
             .map_err(SinkError::pg("read epochs"))?
-            .is_some()
-    {
-        tx.rollback().await.map_err(SinkError::pg("rollback"))?;
-        return Ok(CommitOutcome::AlreadyCommitted);
-    }
+            .is_some())
+}
 
-    // Stock: increments for every product an applied event touched (0 for
-    // a net-zero epoch, so that its committed level is known too).
+/// Stock: increments for every product an applied event touched (0 for a
+/// net-zero epoch, so that its committed level is known too). Returns the
+/// products touched and their committed level.
+async fn update_inventory(
+    tx: &Tx<'_>,
+    batch: &EpochBatch,
+) -> Result<(Vec<String>, HashMap<String, StockLevel>), SinkError> {
     let mut deltas: BTreeMap<&str, i64> = BTreeMap::new();
     for o in &batch.outcomes {
         if let Outcome::Applied { event, .. } = o {
@@ -187,7 +228,6 @@ pub async fn commit_epoch(
         *deltas.entry(p.as_str()).or_insert(0) += d;
     }
     let mut stock = HashMap::with_capacity(deltas.len());
-    let mut alerts = Vec::new();
     if !deltas.is_empty() {
         let ids: Vec<&str> = deltas.keys().copied().collect();
         let ds: Vec<i64> = deltas.values().copied().collect();
@@ -209,46 +249,51 @@ pub async fn commit_epoch(
             stock.insert(r.get::<_, String>(0), StockLevel { quantity_on_hand: r.get(1), low: r.get(2) });
         }
     }
-    // Crossings: every product this commit touched or was asked to
-    // recheck, its committed state now against the last alert's.
-    let mut candidates: Vec<&str> = deltas.keys().copied().collect();
-    candidates.extend(batch.rechecks.iter().map(String::as_str));
-    candidates.sort_unstable();
-    candidates.dedup();
-    if !candidates.is_empty() {
-        let epoch = batch.epoch as i64;
-        let rows = tx
-            .query(
-                "WITH now_state AS ( \
-                   SELECT p.product_id, coalesce(i.quantity_on_hand, 0) AS q, p.reorder_level AS r, \
-                          stock_is_low(coalesce(i.quantity_on_hand, 0), p.reorder_level) AS low \
-                   FROM unnest($1::text[]) AS c(product_id) \
-                   JOIN products p USING (product_id) LEFT JOIN inventory i USING (product_id)), \
-                 crossed AS ( \
-                   SELECT n.* FROM now_state n LEFT JOIN stock_alert_state s USING (product_id) \
-                   WHERE n.low <> coalesce(s.low, false)), \
-                 state AS ( \
-                   INSERT INTO stock_alert_state AS s (product_id, low, updated_at) \
-                   SELECT product_id, low, now() FROM crossed \
-                   ON CONFLICT (product_id) DO UPDATE SET low = EXCLUDED.low, updated_at = now()) \
-                 INSERT INTO stock_alerts (alert_id, product_id, kind, quantity_on_hand, reorder_level, raised_at, epoch) \
-                 SELECT 'A-' || $2::bigint || '-' || product_id, product_id, \
-                        CASE WHEN low THEN 'low' ELSE 'recovered' END, q, r, now(), $2 FROM crossed \
-                 RETURNING epoch, alert_id, product_id, kind, quantity_on_hand, reorder_level, raised_at",
-                &[&candidates, &epoch],
-            )
-            .await
-            .map_err(SinkError::pg("raise stock alerts"))?;
-        alerts = rows.iter().map(|r| StockAlert::from_row(r, 1)).collect();
-        alerts.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+    Ok((deltas.into_keys().map(str::to_string).collect(), stock))
+}
+
+/// The alerts of `candidates` whose committed state (low or not) differs
+/// from their last alert's, raised at `epoch`, by product.
+async fn raise_alerts(tx: &Tx<'_>, epoch: u64, candidates: &[&str]) -> Result<Vec<StockAlert>, SinkError> {
+    if candidates.is_empty() {
+        return Ok(Vec::new());
     }
+    let rows = tx
+        .query(
+            "WITH now_state AS ( \
+               SELECT p.product_id, coalesce(i.quantity_on_hand, 0) AS q, p.reorder_level AS r, \
+                      stock_is_low(coalesce(i.quantity_on_hand, 0), p.reorder_level) AS low \
+               FROM unnest($1::text[]) AS c(product_id) \
+               JOIN products p USING (product_id) LEFT JOIN inventory i USING (product_id)), \
+             crossed AS ( \
+               SELECT n.* FROM now_state n LEFT JOIN stock_alert_state s USING (product_id) \
+               WHERE n.low <> coalesce(s.low, false)), \
+             state AS ( \
+               INSERT INTO stock_alert_state AS s (product_id, low, updated_at) \
+               SELECT product_id, low, now() FROM crossed \
+               ON CONFLICT (product_id) DO UPDATE SET low = EXCLUDED.low, updated_at = now()) \
+             INSERT INTO stock_alerts (alert_id, product_id, kind, quantity_on_hand, reorder_level, raised_at, epoch) \
+             SELECT 'A-' || $2::bigint || '-' || product_id, product_id, \
+                    CASE WHEN low THEN 'low' ELSE 'recovered' END, q, r, now(), $2 FROM crossed \
+             RETURNING epoch, alert_id, product_id, kind, quantity_on_hand, reorder_level, raised_at",
+            &[&candidates, &(epoch as i64)],
+        )
+        .await
+        .map_err(SinkError::pg("raise stock alerts"))?;
+    let mut alerts: Vec<StockAlert> = rows.iter().map(|r| StockAlert::from_row(r, 1)).collect();
+    alerts.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+    Ok(alerts)
+}
 
-    copy_events_log(&tx, topics, batch, &stock).await?;
-    copy_orders(&tx, batch).await?;
-
-    write_sales(&tx, batch).await?;
-    write_stock_hours(&tx, batch).await?;
-
+/// The input offsets after this commit, and the published epoch the
+/// publisher last acknowledged.
+async fn store_progress(
+    tx: &Tx<'_>,
+    parts: &BTreeMap<(String, i32), (i64, i64)>,
+    published_epoch: u64,
+) -> Result<(), SinkError> {
+    let part_topics: Vec<&str> = parts.keys().map(|(t, _)| t.as_str()).collect();
+    let part_ids: Vec<i32> = parts.keys().map(|(_, p)| *p).collect();
     let next: Vec<i64> = parts.values().map(|(_, n)| *n).collect();
     tx.execute(
         "INSERT INTO source_offsets (topic, kafka_partition, next_offset, updated_at) \
@@ -264,24 +309,24 @@ pub async fn commit_epoch(
     )
     .await
     .map_err(SinkError::pg("store progress"))?;
+    Ok(())
+}
+
+/// The `epochs` row; returns the transaction's time (`now()`, as
+/// `processed_at` holds it), which comes back with it: no extra round trip.
+async fn record_epoch(tx: &Tx<'_>, batch: &EpochBatch) -> Result<DateTime<Utc>, SinkError> {
     let counts = batch.counts();
     let (applied, duplicates, rejected) =
         (counts.applied as i32, counts.duplicates as i32, counts.rejected as i32);
-    // The transaction's time (`now()`, as `processed_at` holds it) comes
-    // back with the epoch row: no extra round trip.
-    let committed_at: DateTime<Utc> = tx
+    let row = tx
         .query_one(
             "INSERT INTO epochs (epoch, messages, applied, duplicates, rejected, started_at, committed_at) \
              VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp()) RETURNING started_at",
             &[&(batch.epoch as i64), &(batch.outcomes.len() as i32), &applied, &duplicates, &rejected],
         )
         .await
-        .map_err(SinkError::pg("record epoch"))?
-        .get(0);
-    tx.commit().await.map_err(SinkError::pg("commit"))?;
-    let offsets = parts.into_iter().map(|((t, p), (_, next))| (t, p, next)).collect();
-    let messages = crate::kafka::epoch_messages(topics, batch, &stock, &alerts, committed_at);
-    Ok(CommitOutcome::Committed { messages, alerts, offsets, committed_at })
+        .map_err(SinkError::pg("record epoch"))?;
+    Ok(row.get(0))
 }
 
 /// `sales_hourly` increments from the batch's sums, and `sales_daily`
