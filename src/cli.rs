@@ -47,7 +47,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "STOCKFLOW_KAFKA_OPTIONS_FILE")]
     pub kafka_options_file: Option<PathBuf>,
 
-    /// Prefix for all six topic names (isolates test and benchmark runs; empty in production).
+    /// Prefix for every topic name (isolates test and benchmark runs; empty in production).
     #[arg(long, global = true, env = "STOCKFLOW_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
 
@@ -138,7 +138,7 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Load a deterministic catalog and opening stock (never overwrites).
     Seed(SeedArgs),
-    /// Create the six topics if missing (safe to run again).
+    /// Create the input and output topics if missing (safe to run again).
     Topics(TopicsArgs),
     /// Send simulated online orders, store sales and restocks.
     Produce(ProduceArgs),

@@ -21,7 +21,8 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// All kinds, in topic order.
+    /// All kinds, in the order of their `index` (per-kind arrays use it): a
+    /// new kind goes at the end.
     pub const ALL: [EventKind; 3] =
         [EventKind::OnlineOrder, EventKind::StoreSale, EventKind::SupplierRestock];
 

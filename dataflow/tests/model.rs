@@ -69,11 +69,7 @@ impl Gen {
 
 fn gen_event() -> impl Strategy<Value = Gen> {
     (
-        prop_oneof![
-            Just(EventKind::OnlineOrder),
-            Just(EventKind::StoreSale),
-            Just(EventKind::SupplierRestock)
-        ],
+        proptest::sample::select(EventKind::ALL.to_vec()),
         0u8..12, // few ids: many duplicates
         prop_oneof![4 => Just("P1"), 4 => Just("P2"), 4 => Just("P3"), 2 => Just("P4"), 1 => Just("NOPE")],
         prop_oneof![9 => 1u32..6, 1 => Just(0u32)], // 0: invalid_quantity

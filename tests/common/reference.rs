@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use dataflow::EventKind;
 use serde_json::Value;
 
 use super::{Record, TestEnv, consume};
@@ -120,10 +121,14 @@ pub async fn assert_exactly_once(env: &TestEnv, products: u32, opening: &HashMap
         let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
         let product = v["product_id"].as_str().unwrap().to_string();
         let q = v["quantity"].as_i64().unwrap();
-        let (sign, source) = match v["event_type"].as_str().unwrap() {
-            "supplier_restock" => (1, None),
-            "online_order" => (-1, Some("online")),
-            _ => (-1, Some("store")),
+        // The effect of each kind, written out here (not taken from the
+        // code under test); a new kind must be added (no wildcard).
+        let kind =
+            EventKind::from_event_type(v["event_type"].as_str().unwrap()).expect("a contract event type");
+        let (sign, source) = match kind {
+            EventKind::SupplierRestock => (1, None),
+            EventKind::OnlineOrder => (-1, Some("online")),
+            EventKind::StoreSale => (-1, Some("store")),
         };
         *stock.entry(product.clone()).or_insert(0) += sign * q;
         if let Some(source) = source {

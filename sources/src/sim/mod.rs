@@ -217,7 +217,7 @@ impl Simulation {
         let pick = if self.market.reorder_queue.is_empty() || self.market.rng.random_bool(0.7) {
             self.mix.sample(&mut self.market.rng)
         } else {
-            2
+            EventKind::SupplierRestock.index()
         };
         let msg = self.systems[pick].next_message(&mut self.market, at);
         if self.recent.len() == RECENT {
