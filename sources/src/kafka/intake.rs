@@ -133,8 +133,10 @@ pub struct Intake {
     /// once when it starts and once when reading works again.
     failing_since: Option<Instant>,
     /// Since when every read found nothing (`None`: the last one found
-    /// messages).
+    /// messages, or reads paused, as backpressure does).
     empty_since: Option<Instant>,
+    /// When [`Intake::read`] was last called.
+    last_read: Instant,
     /// When the consumer was last assigned its partitions.
     assigned_at: Instant,
 }
@@ -180,6 +182,7 @@ impl Intake {
             last_message: Instant::now(),
             failing_since: None,
             empty_since: None,
+            last_read: Instant::now(),
             assigned_at: Instant::now(),
         })
     }
@@ -245,7 +248,10 @@ impl Intake {
                 }
             }
         }
-        if report.messages > 0 {
+        // A pause between reads (backpressure) is not the fetcher's doing.
+        let paused = self.last_read.elapsed() >= Duration::from_secs(1);
+        self.last_read = Instant::now();
+        if report.messages > 0 || paused {
             self.empty_since = None;
         } else if report.failures.is_empty() {
             let since = *self.empty_since.get_or_insert_with(Instant::now);
