@@ -204,17 +204,6 @@ async fn restart_to_first_commit(url: &str, prefix: &str) -> f64 {
     secs
 }
 
-fn timed(url: &str, args: &[&str]) -> (f64, std::process::Output) {
-    let t = Instant::now();
-    let out = command(url, "", args).output().unwrap();
-    (since(t), out)
-}
-
-fn stats(mut v: Vec<f64>) -> String {
-    v.sort_by(f64::total_cmp);
-    format!("median {:.3} s, max {:.3} s ({} runs)", v[v.len() / 2], v[v.len() - 1], v.len())
-}
-
 /// Times `reconcile` and `stock` at the given instants; returns the stock
 /// answers (to compare after the archive).
 fn operator_round(

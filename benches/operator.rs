@@ -19,17 +19,6 @@ use std::time::Instant;
 
 use common::*;
 
-fn timed(url: &str, args: &[&str]) -> (f64, std::process::Output) {
-    let t = Instant::now();
-    let out = command(url, "", args).output().unwrap();
-    (since(t), out)
-}
-
-fn stats(mut v: Vec<f64>) -> String {
-    v.sort_by(f64::total_cmp);
-    format!("median {:.3} s, max {:.3} s ({} runs)", v[v.len() / 2], v[v.len() - 1], v.len())
-}
-
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -60,42 +60,27 @@ async fn archive_keeps_what_is_held_exact_and_the_files_hold_the_rest() {
     env.prepare(20, 2);
     let today = Utc::now().date_naive();
     let day = |n: u64| today.checked_sub_days(Days::new(n)).unwrap();
-    // Batch 1: events of four days ago, committed two days ago.
-    let start1 = day(4).to_string();
-    env.produce_valid(&[
-        "--count",
-        "1500",
-        "--start",
-        &start1,
-        "--days",
-        "1",
-        "--duplicate-ratio",
-        "0.05",
-        "--invalid-ratio",
-        "0.05",
-        "--seed",
-        "31",
-    ]);
-    env.run_to_idle(&[]);
-    commit_a_day_earlier(&env).await;
-    // Batch 2: events of two days ago, committed yesterday.
-    let start2 = day(2).to_string();
-    env.produce_valid(&[
-        "--count",
-        "1500",
-        "--start",
-        &start2,
-        "--days",
-        "1",
-        "--duplicate-ratio",
-        "0.05",
-        "--invalid-ratio",
-        "0.05",
-        "--seed",
-        "32",
-    ]);
-    env.run_to_idle(&[]);
-    commit_a_day_earlier(&env).await;
+    // Batch 1: events of four days ago, committed two days ago; batch 2:
+    // events of two days ago, committed yesterday.
+    for (days_ago, seed) in [(4, "31"), (2, "32")] {
+        let start = day(days_ago).to_string();
+        env.produce_valid(&[
+            "--count",
+            "1500",
+            "--start",
+            &start,
+            "--days",
+            "1",
+            "--duplicate-ratio",
+            "0.05",
+            "--invalid-ratio",
+            "0.05",
+            "--seed",
+            seed,
+        ]);
+        env.run_to_idle(&[]);
+        commit_a_day_earlier(&env).await;
+    }
     // Batch 3: recent events, committed today.
     env.produce_valid(&["--count", "1500", "--days", "1", "--seed", "33"]);
     env.run_to_idle(&[]);

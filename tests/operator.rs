@@ -57,6 +57,15 @@ fn parse_stock(csv: &str) -> BTreeMap<String, i64> {
     out
 }
 
+/// Runs each `(statement, parameters)` of `edits` with `{op}` replaced by `op`.
+async fn apply_edits(client: &tokio_postgres::Client, edits: &[(&str, Vec<&str>)], op: &str) {
+    for (sql, params) in edits {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        client.execute(&sql.replace("{op}", op), &params).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn reconcile_holds_on_a_clean_run_and_names_each_tampered_row() {
     let env = TestEnv::new("reconcile").await;
@@ -86,13 +95,6 @@ async fn reconcile_holds_on_a_clean_run_and_names_each_tampered_row() {
         .remove(0);
     let (product, qty) = product.split_once('|').unwrap();
     let qty: i64 = qty.parse().unwrap();
-    client
-        .execute(
-            "UPDATE inventory SET quantity_on_hand = quantity_on_hand + 7 WHERE product_id = $1",
-            &[&product],
-        )
-        .await
-        .unwrap();
     let hour_row = env
         .rows(
             "SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"'), product_id, source \
@@ -101,25 +103,29 @@ async fn reconcile_holds_on_a_clean_run_and_names_each_tampered_row() {
         .await
         .remove(0);
     let h: Vec<&str> = hour_row.split('|').collect();
-    client
-        .execute(
-            "UPDATE sales_hourly SET units = units + 1 WHERE hour = $1::text::timestamptz AND product_id = $2 AND source = $3",
-            &[&h[0], &h[1], &h[2]],
-        )
-        .await
-        .unwrap();
     let day_row = env
         .rows("SELECT day, product_id, source FROM sales_daily ORDER BY 1 DESC, 2, 3 LIMIT 1")
         .await
         .remove(0);
     let d: Vec<&str> = day_row.split('|').collect();
-    client
-        .execute(
-            "UPDATE sales_daily SET revenue = revenue + 0.01 WHERE day = $1::text::date AND product_id = $2 AND source = $3",
-            &[&d[0], &d[1], &d[2]],
-        )
-        .await
-        .unwrap();
+    // Each edit with `{op}` for `+` (tamper) or `-` (put back).
+    let edits: [(&str, Vec<&str>); 3] = [
+        (
+            "UPDATE inventory SET quantity_on_hand = quantity_on_hand {op} 7 WHERE product_id = $1",
+            vec![product],
+        ),
+        (
+            "UPDATE sales_hourly SET units = units {op} 1 \
+             WHERE hour = $1::text::timestamptz AND product_id = $2 AND source = $3",
+            h.clone(),
+        ),
+        (
+            "UPDATE sales_daily SET revenue = revenue {op} 0.01 \
+             WHERE day = $1::text::date AND product_id = $2 AND source = $3",
+            d.clone(),
+        ),
+    ];
+    apply_edits(&client, &edits, "+").await;
 
     let tampered = env.stockflow(&["reconcile"]);
     assert_eq!(tampered.status.code(), Some(3), "{}", String::from_utf8_lossy(&tampered.stderr));
@@ -143,27 +149,7 @@ async fn reconcile_holds_on_a_clean_run_and_names_each_tampered_row() {
     );
 
     // Put everything back: all hold again.
-    client
-        .execute(
-            "UPDATE inventory SET quantity_on_hand = quantity_on_hand - 7 WHERE product_id = $1",
-            &[&product],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "UPDATE sales_hourly SET units = units - 1 WHERE hour = $1::text::timestamptz AND product_id = $2 AND source = $3",
-            &[&h[0], &h[1], &h[2]],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "UPDATE sales_daily SET revenue = revenue - 0.01 WHERE day = $1::text::date AND product_id = $2 AND source = $3",
-            &[&d[0], &d[1], &d[2]],
-        )
-        .await
-        .unwrap();
+    apply_edits(&client, &edits, "-").await;
     assert!(env.stockflow(&["reconcile"]).status.success());
 
     // A deleted orders row: the applied sale has no price any more.

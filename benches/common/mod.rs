@@ -105,3 +105,16 @@ pub async fn delete_topics(prefix: &str) {
         eprintln!("could not delete the benchmark's topics {prefix}*: {e}");
     }
 }
+
+/// Runs `stockflow ARGS` against `url` to its end: seconds taken, output.
+pub fn timed(url: &str, args: &[&str]) -> (f64, std::process::Output) {
+    let t = Instant::now();
+    let out = command(url, "", args).output().unwrap();
+    (since(t), out)
+}
+
+/// `median …, max … (n runs)` of timings in seconds.
+pub fn stats(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    format!("median {:.3} s, max {:.3} s ({} runs)", v[v.len() / 2], v[v.len() - 1], v.len())
+}
