@@ -310,8 +310,5 @@ fn serve_reports_an_unreachable_database_in_one_line() {
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+    common::assert_one_line_failure(&out, "cannot connect to PostgreSQL");
 }

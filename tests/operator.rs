@@ -57,6 +57,20 @@ fn parse_stock(csv: &str) -> BTreeMap<String, i64> {
     out
 }
 
+/// Every product's `inventory.column` (0 without a row), by product.
+async fn quantities(env: &TestEnv, column: &str) -> BTreeMap<String, i64> {
+    env.rows(&format!(
+        "SELECT p.product_id, coalesce(i.{column}, 0) FROM products p LEFT JOIN inventory i USING (product_id)"
+    ))
+    .await
+    .iter()
+    .map(|r| {
+        let (p, q) = r.split_once('|').unwrap();
+        (p.to_string(), q.parse().unwrap())
+    })
+    .collect()
+}
+
 /// Runs each `(statement, parameters)` of `edits` with `{op}` replaced by `op`.
 async fn apply_edits(client: &tokio_postgres::Client, edits: &[(&str, Vec<&str>)], op: &str) {
     for (sql, params) in edits {
@@ -198,15 +212,7 @@ async fn stock_as_of_any_instant_matches_a_replay_of_the_events() {
     let products: Vec<String> =
         env.rows("SELECT product_id FROM products ORDER BY product_id COLLATE \"C\"").await;
     let supplier = env.rows("SELECT supplier_id FROM suppliers ORDER BY 1 LIMIT 1").await.remove(0);
-    let opening: BTreeMap<String, i64> = env
-        .rows("SELECT p.product_id, coalesce(i.opening_quantity, 0) FROM products p LEFT JOIN inventory i USING (product_id)")
-        .await
-        .iter()
-        .map(|r| {
-            let (p, q) = r.split_once('|').unwrap();
-            (p.to_string(), q.parse().unwrap())
-        })
-        .collect();
+    let opening = quantities(&env, "opening_quantity").await;
 
     // Three days of events on the first five products (the sixth never
     // moves), some sent late (after later ones), a few exact duplicates,
@@ -287,15 +293,7 @@ async fn stock_as_of_any_instant_matches_a_replay_of_the_events() {
         assert_eq!(got, replay(*t, &|_| true), "stock as of {arg}");
     }
     // After the last event: exactly inventory.
-    let inventory: BTreeMap<String, i64> = env
-        .rows("SELECT p.product_id, coalesce(i.quantity_on_hand, 0) FROM products p LEFT JOIN inventory i USING (product_id)")
-        .await
-        .iter()
-        .map(|r| {
-            let (p, q) = r.split_once('|').unwrap();
-            (p.to_string(), q.parse().unwrap())
-        })
-        .collect();
+    let inventory = quantities(&env, "quantity_on_hand").await;
     assert_eq!(parse_stock(&env.ok(&["stock", "--as-of", "2030-01-01T00:00:00Z"])), inventory);
 
     // One product, and one that does not exist (0).

@@ -383,10 +383,7 @@ fn run_reports_a_missing_topic_in_one_line() {
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+    common::assert_one_line_failure(&out, "cannot connect to PostgreSQL");
 }
 
 #[tokio::test]

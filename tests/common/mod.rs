@@ -234,6 +234,15 @@ impl Drop for TestEnv {
 /// largest runs take well under a minute on two cores).
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
 
+/// Asserts that a command failed with one line on stderr that says
+/// `says` (the contract's rule for a wrong setting: no trace, no retry).
+pub fn assert_one_line_failure(out: &Output, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line, got: {stderr}");
+    assert!(stderr.contains(says), "{stderr}");
+}
+
 /// Waits for `child` (stdout and stderr piped) and fails the test if it
 /// has not ended within `limit`: a wait that never ends (an endless retry,
 /// a stalled end-of-input check) fails instead of hanging the suite. The
