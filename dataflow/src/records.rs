@@ -207,29 +207,13 @@ impl differential_dataflow::difference::Monoid for SalesSums {
 }
 
 /// A change to one `sales_hourly` row (and so to its day's `sales_daily`
-/// row): units, revenue in cents, order count.
+/// row).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SalesDelta {
     /// (UTC hour, product, source).
     pub key: SalesKey,
-    /// Units sold.
-    pub units: i64,
-    /// Revenue in cents (exact).
-    pub revenue_cents: i128,
-    /// Sale events.
-    pub orders: i64,
-}
-
-impl SalesDelta {
-    /// The change `sums` to the row `key`.
-    pub fn new(key: SalesKey, sums: SalesSums) -> Self {
-        SalesDelta { key, units: sums.units, revenue_cents: sums.revenue_cents, orders: sums.orders }
-    }
-
-    /// The change, without its key.
-    pub fn sums(&self) -> SalesSums {
-        SalesSums { units: self.units, revenue_cents: self.revenue_cents, orders: self.orders }
-    }
+    /// Units, revenue in cents, sale events.
+    pub sums: SalesSums,
 }
 
 /// What the commit of one epoch must write, gathered on one worker.
@@ -307,18 +291,12 @@ impl EpochBatch {
         // A product whose changes cancel out keeps a 0 entry: harmless, the
         // commit writes an increment of 0 for it.
         self.stock_deltas = stock.into_iter().collect();
-        let mut sales: std::collections::BTreeMap<SalesKey, SalesSums> = std::mem::take(&mut self.sales)
-            .into_iter()
-            .map(|s| {
-                let sums = s.sums();
-                (s.key, sums)
-            })
-            .collect();
+        let mut sales: std::collections::BTreeMap<SalesKey, SalesSums> =
+            std::mem::take(&mut self.sales).into_iter().map(|s| (s.key, s.sums)).collect();
         for s in later.sales {
-            let sums = s.sums();
-            *sales.entry(s.key).or_default() += sums;
+            *sales.entry(s.key).or_default() += s.sums;
         }
-        self.sales = sales.into_iter().map(|(key, sums)| SalesDelta::new(key, sums)).collect();
+        self.sales = sales.into_iter().map(|(key, sums)| SalesDelta { key, sums }).collect();
         self.rechecks.extend(later.rechecks);
         self.rechecks.sort();
         self.rechecks.dedup();
@@ -369,9 +347,7 @@ mod tests {
         let hour = "2026-11-26T10:00:00Z".parse::<DateTime<Utc>>().expect("hour");
         let sale = |units| SalesDelta {
             key: (hour, "P1".into(), SaleSource::Online),
-            units,
-            revenue_cents: 100 * i128::from(units),
-            orders: 1,
+            sums: SalesSums { units, revenue_cents: 100 * i128::from(units), orders: 1 },
         };
         let mut a = EpochBatch {
             epoch: 10,
@@ -395,9 +371,7 @@ mod tests {
             a.sales,
             [SalesDelta {
                 key: (hour, "P1".into(), SaleSource::Online),
-                units: 5,
-                revenue_cents: 500,
-                orders: 2
+                sums: SalesSums { units: 5, revenue_cents: 500, orders: 2 }
             }]
         );
         assert_eq!(a.rechecks, ["P1".to_string(), "P3".to_string()]);

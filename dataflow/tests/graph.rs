@@ -73,7 +73,10 @@ fn stateful_rules_stock_sales_and_rechecks() {
     assert_eq!(b1.stock_deltas, vec![("P1".to_string(), -3)]);
     assert!(b1.rechecks.is_empty(), "no reference data changed");
     assert_eq!(b1.sales.len(), 1);
-    assert_eq!((b1.sales[0].units, b1.sales[0].revenue_cents, b1.sales[0].orders), (3, 750, 1));
+    assert_eq!(
+        (b1.sales[0].sums.units, b1.sales[0].sums.revenue_cents, b1.sales[0].sums.orders),
+        (3, 750, 1)
+    );
 
     let b2 = &batches[2];
     // e4 applied (stock to exactly 0), e1 again = duplicate, e1 with other content = conflict.

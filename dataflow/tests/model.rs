@@ -225,9 +225,9 @@ fn dataflow_tables(workers: usize, epochs: &[Vec<(i64, Gen)>], changes: &[Vec<Ch
             let hour = s.key.0.format("%H").to_string().parse().unwrap_or(99);
             let row =
                 t.sales.entry((hour, s.key.1.clone(), s.key.2 == SaleSource::Online)).or_insert((0, 0, 0));
-            row.0 += s.units;
-            row.1 += s.revenue_cents;
-            row.2 += s.orders;
+            row.0 += s.sums.units;
+            row.1 += s.sums.revenue_cents;
+            row.2 += s.sums.orders;
         }
     }
     // Net-zero entries say nothing about the tables.

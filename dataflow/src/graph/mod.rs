@@ -151,7 +151,7 @@ pub fn build<'scope>(
     .inner
     .map(|(r, t, _)| (r, t))
     .concat(stock_deltas.inner.map(|(p, t, d)| (SinkRecord::Stock(p, d), t)))
-    .concat(sales.inner.map(|(key, t, sums)| (SinkRecord::Sales(SalesDelta::new(key, sums)), t)))
+    .concat(sales.inner.map(|(key, t, sums)| (SinkRecord::Sales(SalesDelta { key, sums }), t)))
     .concat(rechecks.inner.map(|(r, t, _)| (r, t)))
 }
 

@@ -337,11 +337,11 @@ async fn write_sales(tx: &tokio_postgres::Transaction<'_>, batch: &EpochBatch) -
         return Ok(());
     }
     let hours: Vec<(DateTime<Utc>, &str, &str, SalesSums)> =
-        batch.sales.iter().map(|s| (s.key.0, s.key.1.as_str(), s.key.2.as_str(), s.sums())).collect();
+        batch.sales.iter().map(|s| (s.key.0, s.key.1.as_str(), s.key.2.as_str(), s.sums)).collect();
     add_sales(tx, SalesTable::Hourly, &hours).await?;
     let mut daily: BTreeMap<(chrono::NaiveDate, &str, &str), SalesSums> = BTreeMap::new();
     for s in &batch.sales {
-        *daily.entry((s.key.0.date_naive(), s.key.1.as_str(), s.key.2.as_str())).or_default() += s.sums();
+        *daily.entry((s.key.0.date_naive(), s.key.1.as_str(), s.key.2.as_str())).or_default() += s.sums;
     }
     let days: Vec<(chrono::NaiveDate, &str, &str, SalesSums)> =
         daily.into_iter().map(|((d, p, src), sums)| (d, p, src, sums)).collect();

@@ -32,6 +32,30 @@ pub fn share(mut all: Vec<PartitionStart>, index: usize, peers: usize) -> Vec<Pa
     all.into_iter().enumerate().filter(|(i, _)| i % peers.max(1) == index).map(|(_, p)| p).collect()
 }
 
+/// The partitions at their next offsets (`None`: from the beginning), as
+/// the consumer is assigned them.
+fn assignment<'a>(
+    partitions: impl Iterator<Item = (&'a str, i32, Option<i64>)>,
+) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in partitions {
+        tpl.add_partition_offset(topic, partition, next.map_or(Offset::Beginning, Offset::Offset))?;
+    }
+    Ok(tpl)
+}
+
+/// How far a partition is read: the later of the consumer's own
+/// `position` (which librdkafka moves past transaction markers when it
+/// reports a partition's end) and `next`, the offset after the last
+/// message polled; `low` (the partition's start) when neither is known.
+fn reached(position: &TopicPartitionList, tp: &(String, i32), next: Option<i64>, low: i64) -> i64 {
+    let polled = position.find_partition(&tp.0, tp.1).and_then(|e| match e.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    });
+    polled.into_iter().chain(next).max().unwrap_or(low)
+}
+
 /// What one [`Intake::read`] call saw.
 #[derive(Debug, Default)]
 pub struct ReadReport {
@@ -169,11 +193,7 @@ impl Intake {
             ],
         );
         let consumer: BaseConsumer<IntakeContext> = config.create_with_context(IntakeContext::default())?;
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            let offset = p.next_offset.map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(&p.topic, p.partition, offset)?;
-        }
+        let tpl = assignment(partitions.iter().map(|p| (p.topic.as_str(), p.partition, p.next_offset)))?;
         if !partitions.is_empty() {
             consumer.assign(&tpl)?;
         }
@@ -276,8 +296,6 @@ impl Intake {
     /// knows (what was read stays read; prefetched messages are fetched
     /// again). Reads that fail (an outage) never get here.
     fn unstick(&mut self) {
-        // The consumer's own position, which librdkafka moves past
-        // transaction markers at a partition's end (as in `at_end`).
         let Ok(position) = self.consumer.position() else { return };
         let behind: Vec<String> = {
             let Ok(w) = self.consumer.context().watermarks.lock() else { return };
@@ -287,11 +305,7 @@ impl Intake {
                 .iter()
                 .filter_map(|(tp, next)| {
                     let (low, end) = w.get(tp)?;
-                    let polled = position.find_partition(&tp.0, tp.1).and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-                    let at = polled.into_iter().chain(*next).max().unwrap_or(*low);
+                    let at = reached(&position, tp, *next, *low);
                     (*end > at).then(|| {
                         let state = states.get(tp).map_or("?", String::as_str);
                         format!("{}/{} at {at} of {end} ({state})", tp.0, tp.1)
@@ -310,13 +324,9 @@ impl Intake {
             quiet_s = self.stall_after.as_secs_f64(),
             "the consumer has fetched nothing while messages wait; assigning its partitions again"
         );
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.next {
-            let offset = next.map_or(Offset::Beginning, Offset::Offset);
-            if tpl.add_partition_offset(topic, *partition, offset).is_err() {
-                return;
-            }
-        }
+        let Ok(tpl) = assignment(self.next.iter().map(|((t, p), next)| (t.as_str(), *p, *next))) else {
+            return;
+        };
         if let Err(e) = self.consumer.assign(&tpl) {
             tracing::warn!(error = %e, "cannot assign the partitions again");
         }
@@ -339,17 +349,11 @@ impl Intake {
     /// trip per partition: callers ask only once the input has been quiet.
     pub fn at_end(&self) -> bool {
         let Ok(position) = self.consumer.position() else { return false };
-        self.next.iter().all(|((topic, partition), next)| {
-            let Ok((low, end)) = self.consumer.fetch_watermarks(topic, *partition, Duration::from_secs(2))
-            else {
+        self.next.iter().all(|(tp, next)| {
+            let Ok((low, end)) = self.consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2)) else {
                 return false;
             };
-            let polled = position.find_partition(topic, *partition).and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-            let at = polled.into_iter().chain(*next).max().unwrap_or(low);
-            at >= end
+            reached(&position, tp, *next, low) >= end
         })
     }
 
