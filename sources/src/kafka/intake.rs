@@ -290,31 +290,30 @@ impl Intake {
     /// fetching one partition for good while the others went on, though
     /// the partition had readable messages, until the consumer was
     /// assigned again. When reads have found nothing for [`STALL_AFTER`]
-    /// and the statistics say some partition has messages behind its
-    /// last stable offset, this logs the partitions and their fetch states
+    /// and the broker says some partition has messages before its last
+    /// stable offset (one round trip per partition, at most once per
+    /// [`STALL_AFTER`]), this logs the partitions and their fetch states
     /// and assigns every partition again at the next offset this consumer
     /// knows (what was read stays read; prefetched messages are fetched
     /// again). Reads that fail (an outage) never get here.
     fn unstick(&mut self) {
         let Ok(position) = self.consumer.position() else { return };
-        let behind: Vec<String> = {
-            let Ok(w) = self.consumer.context().watermarks.lock() else { return };
-            let states = self.consumer.context().fetch_states.lock().map(|f| f.clone()).unwrap_or_default();
-            let mut v: Vec<String> = self
-                .next
-                .iter()
-                .filter_map(|(tp, next)| {
-                    let (low, end) = w.get(tp)?;
-                    let at = reached(&position, tp, *next, *low);
-                    (*end > at).then(|| {
-                        let state = states.get(tp).map_or("?", String::as_str);
-                        format!("{}/{} at {at} of {end} ({state})", tp.0, tp.1)
-                    })
+        // The ends come from the broker (as in `at_end`), not from the
+        // statistics: a partition that never fetched has no end in them.
+        let states = self.consumer.context().fetch_states.lock().map(|f| f.clone()).unwrap_or_default();
+        let mut behind: Vec<String> = self
+            .next
+            .iter()
+            .filter_map(|(tp, next)| {
+                let (low, end) = self.consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2)).ok()?;
+                let at = reached(&position, tp, *next, low);
+                (end > at).then(|| {
+                    let state = states.get(tp).map_or("?", String::as_str);
+                    format!("{}/{} at {at} of {end} ({state})", tp.0, tp.1)
                 })
-                .collect();
-            v.sort();
-            v
-        };
+            })
+            .collect();
+        behind.sort();
         self.assigned_at = Instant::now();
         if behind.is_empty() {
             return;
@@ -489,6 +488,54 @@ mod tests {
         }
         let offsets: Vec<i64> = out.iter().map(|m| m.offset).collect();
         assert_eq!(offsets, (0..20).collect::<Vec<i64>>(), "every message once, in order");
+        assert!(stalled.elapsed() >= Duration::from_millis(1500), "the guard waited for the stall to last");
+    }
+
+    /// The same, for a partition that stalls before its first message:
+    /// the statistics know no end for it then, the broker does.
+    #[test]
+    fn a_partition_that_never_fetched_is_assigned_again() {
+        use std::time::{Duration, Instant};
+
+        use rdkafka::ClientConfig;
+        use rdkafka::consumer::Consumer;
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("t", 1, 1).expect("topic");
+        let brokers = cluster.bootstrap_servers();
+        let producer: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
+        for i in 0..3 {
+            let value = format!("m{i}");
+            producer.send(BaseRecord::<(), _>::to("t").payload(&value)).expect("queued");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", &brokers).set("isolation.level", "read_uncommitted");
+        let start = PartitionStart {
+            kind: EventKind::OnlineOrder,
+            topic: "t".into(),
+            partition: 0,
+            next_offset: None,
+        };
+        let mut intake = super::Intake::new(&base, &[start]).expect("intake");
+        intake.stall_after = Duration::from_millis(1500);
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition("t", 0);
+        intake.consumer.pause(&tpl).expect("paused");
+        let mut out = Vec::new();
+        let stalled = Instant::now();
+        while out.len() < 3 && stalled.elapsed() < Duration::from_secs(30) {
+            intake.read(100, Duration::from_millis(100), &mut out);
+        }
+        assert_eq!(
+            out.iter().map(|m| m.offset).collect::<Vec<i64>>(),
+            [0, 1, 2],
+            "every message once, in order"
+        );
         assert!(stalled.elapsed() >= Duration::from_millis(1500), "the guard waited for the stall to last");
     }
 
