@@ -162,11 +162,7 @@ async fn transactional_producers_commits_apply_aborts_never_do() {
         let q = v["quantity"].as_i64().unwrap();
         let kind =
             EventKind::from_event_type(v["event_type"].as_str().unwrap()).expect("a contract event type");
-        let sign = match kind {
-            EventKind::SupplierRestock => 1,
-            EventKind::OnlineOrder | EventKind::StoreSale => -1,
-        };
-        *delta.entry(v["product_id"].as_str().unwrap().to_string()).or_default() += sign * q;
+        *delta.entry(v["product_id"].as_str().unwrap().to_string()).or_default() += kind.stock_sign() * q;
     }
     let moved: BTreeMap<String, i64> = env
         .rows("SELECT product_id, quantity_on_hand - opening_quantity FROM inventory WHERE quantity_on_hand <> opening_quantity")

@@ -12,7 +12,8 @@ pub mod model;
 pub mod validate;
 
 pub use model::{
-    Catalog, ErrorCode, Event, EventDetail, EventKind, Product, Rejection, SaleSource, Supplier, TopicNames,
+    Catalog, DetailFields, ErrorCode, Event, EventDetail, EventKind, Product, Rejection, Sale, SaleSource,
+    Supplier, TopicNames,
 };
 pub mod dedup;
 pub mod graph;

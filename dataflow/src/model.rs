@@ -1,5 +1,13 @@
-//! The domain model: the three kinds of input event, their effect on stock,
-//! and the records that leave the dataflow.
+//! The domain model: the kinds of input event, their effect on stock, and
+//! the records that leave the dataflow.
+//!
+//! A kind of event is declared here and nowhere else: its `EventKind`
+//! variant with the contract's names ([`EventKind::event_type`],
+//! [`EventKind::topic`], [`EventKind::fields`]), its effect
+//! ([`EventKind::stock_sign`], [`EventKind::sale_source`]) and its
+//! `EventDetail` variant. Validation, the JSON form, the fingerprint, the
+//! commit's `orders` rows and the database's `event_kinds` table are derived
+//! from those (ARCHITECTURE.md, "Adding a topic").
 //!
 //! Everything here is plain data with serde derives, so timely can exchange
 //! it between workers (stockflow does not use `abomonation`: timely and
@@ -9,7 +17,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-/// The three kinds of input event, one per input topic.
+/// The kinds of input event, one per input topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     /// A web-shop order line, from topic `online_orders`.
@@ -44,6 +52,31 @@ impl EventKind {
         }
     }
 
+    /// The contract's names of the kind's own three fields, in the order
+    /// the JSON form writes them.
+    pub const fn fields(self) -> DetailFields {
+        match self {
+            EventKind::OnlineOrder => {
+                DetailFields { reference: "order_id", party: "customer_id", money: "unit_price" }
+            }
+            EventKind::StoreSale => {
+                DetailFields { reference: "order_id", party: "store_id", money: "unit_price" }
+            }
+            EventKind::SupplierRestock => {
+                DetailFields { reference: "restock_id", party: "supplier_id", money: "unit_cost" }
+            }
+        }
+    }
+
+    /// The sign of the kind's effect on `quantity_on_hand`: -1 takes the
+    /// quantity away, +1 adds it.
+    pub const fn stock_sign(self) -> i64 {
+        match self {
+            EventKind::OnlineOrder | EventKind::StoreSale => -1,
+            EventKind::SupplierRestock => 1,
+        }
+    }
+
     /// Parses an `event_type` value.
     pub fn from_event_type(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.event_type() == s)
@@ -58,10 +91,21 @@ impl EventKind {
         }
     }
 
-    /// Dense index 0..3, for per-kind arrays.
+    /// Dense index `0..ALL.len()`, for per-kind arrays.
     pub const fn index(self) -> usize {
         self as usize
     }
+}
+
+/// The contract's names of the three fields every kind has of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DetailFields {
+    /// The id of the document the event is a line of (order, receipt, delivery).
+    pub reference: &'static str,
+    /// The id of the other party (customer, store, supplier).
+    pub party: &'static str,
+    /// The money per unit, exact (price or cost).
+    pub money: &'static str,
 }
 
 /// Where a sale happened.
@@ -115,6 +159,51 @@ pub enum EventDetail {
     },
 }
 
+impl EventDetail {
+    /// The detail of a `kind` event from its three own fields, in the
+    /// order of [`EventKind::fields`].
+    pub fn new(kind: EventKind, reference: String, party: String, money: Decimal) -> Self {
+        match kind {
+            EventKind::OnlineOrder => {
+                EventDetail::OnlineOrder { order_id: reference, customer_id: party, unit_price: money }
+            }
+            EventKind::StoreSale => {
+                EventDetail::StoreSale { order_id: reference, store_id: party, unit_price: money }
+            }
+            EventKind::SupplierRestock => {
+                EventDetail::SupplierRestock { restock_id: reference, supplier_id: party, unit_cost: money }
+            }
+        }
+    }
+
+    /// The three own fields, in the order of [`EventKind::fields`]: the
+    /// reference id, the party id and the money.
+    pub fn parts(&self) -> (&str, &str, &Decimal) {
+        match self {
+            EventDetail::OnlineOrder { order_id, customer_id, unit_price } => {
+                (order_id, customer_id, unit_price)
+            }
+            EventDetail::StoreSale { order_id, store_id, unit_price } => (order_id, store_id, unit_price),
+            EventDetail::SupplierRestock { restock_id, supplier_id, unit_cost } => {
+                (restock_id, supplier_id, unit_cost)
+            }
+        }
+    }
+}
+
+/// An event that is a sale, as the `orders` table and the revenue see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sale<'a> {
+    /// Where it was sold.
+    pub source: SaleSource,
+    /// The order (or receipt) id.
+    pub order_id: &'a str,
+    /// The buyer (online) or the selling store.
+    pub party: &'a str,
+    /// Price per unit, exact.
+    pub unit_price: &'a Decimal,
+}
+
 /// A validated input event: every field of the contract, typed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
@@ -140,13 +229,9 @@ impl Event {
         }
     }
 
-    /// Signed change to `quantity_on_hand`: sales take away, restocks add.
+    /// Signed change to `quantity_on_hand` ([`EventKind::stock_sign`]).
     pub fn delta(&self) -> i64 {
-        let q = i64::from(self.quantity);
-        match self.detail {
-            EventDetail::OnlineOrder { .. } | EventDetail::StoreSale { .. } => -q,
-            EventDetail::SupplierRestock { .. } => q,
-        }
+        self.kind().stock_sign() * i64::from(self.quantity)
     }
 
     /// The UTC day the event belongs to, for daily windows.
@@ -164,31 +249,30 @@ impl Event {
 
     /// The supplier a restock names, if this is one.
     pub fn supplier_id(&self) -> Option<&str> {
-        match &self.detail {
-            EventDetail::SupplierRestock { supplier_id, .. } => Some(supplier_id),
-            EventDetail::OnlineOrder { .. } | EventDetail::StoreSale { .. } => None,
-        }
+        // The contract's `unknown_supplier` rule is about the field of that
+        // name, whichever kind has it.
+        let (_, party, _) = self.detail.parts();
+        (self.kind().fields().party == "supplier_id").then_some(party)
     }
 
-    /// Revenue of a sale (`quantity * unit_price`), exact; `None` for restocks.
+    /// The event as a sale, when its kind is one ([`EventKind::sale_source`]).
+    pub fn sale(&self) -> Option<Sale<'_>> {
+        let source = self.kind().sale_source()?;
+        let (order_id, party, unit_price) = self.detail.parts();
+        Some(Sale { source, order_id, party, unit_price })
+    }
+
+    /// Revenue of a sale (`quantity * unit_price`), exact; `None` for an
+    /// event that is not a sale.
     pub fn revenue(&self) -> Option<Decimal> {
-        match &self.detail {
-            EventDetail::OnlineOrder { unit_price, .. } | EventDetail::StoreSale { unit_price, .. } => {
-                Some(*unit_price * Decimal::from(self.quantity))
-            }
-            EventDetail::SupplierRestock { .. } => None,
-        }
+        self.sale().map(|s| *s.unit_price * Decimal::from(self.quantity))
     }
 
     /// [`Event::revenue`] in cents, exact (prices have at most 2 decimal
-    /// places by the contract); 0 for a restock.
+    /// places by the contract); 0 for an event that is not a sale.
     pub fn revenue_cents(&self) -> i128 {
-        let price = match &self.detail {
-            EventDetail::OnlineOrder { unit_price, .. } | EventDetail::StoreSale { unit_price, .. } => {
-                *unit_price
-            }
-            EventDetail::SupplierRestock { .. } => return 0,
-        };
+        let Some(sale) = self.sale() else { return 0 };
+        let price = *sale.unit_price;
         let q = i128::from(self.quantity);
         match price.scale() {
             0 => price.mantissa() * 100 * q,
@@ -230,15 +314,7 @@ impl Event {
         buf.extend_from_slice(&self.occurred_at.timestamp_subsec_nanos().to_le_bytes());
         put(buf, &self.product_id);
         buf.extend_from_slice(&self.quantity.to_le_bytes());
-        let (a, b, money) = match &self.detail {
-            EventDetail::OnlineOrder { order_id, customer_id, unit_price } => {
-                (order_id, customer_id, unit_price)
-            }
-            EventDetail::StoreSale { order_id, store_id, unit_price } => (order_id, store_id, unit_price),
-            EventDetail::SupplierRestock { restock_id, supplier_id, unit_cost } => {
-                (restock_id, supplier_id, unit_cost)
-            }
-        };
+        let (a, b, money) = self.detail.parts();
         put(buf, a);
         put(buf, b);
         // The money's text, length first, written in place.
@@ -363,7 +439,7 @@ pub struct Catalog {
     pub suppliers: Vec<Supplier>,
 }
 
-/// The names of the six contract topics, with an optional common prefix.
+/// The names of the contract topics, with an optional common prefix.
 ///
 /// The prefix is empty in production (the contract's names); tests and
 /// benchmarks set one so that runs sharing a broker never see each other.
@@ -398,12 +474,12 @@ impl TopicNames {
         format!("{}stock_alerts", self.prefix)
     }
 
-    /// The three output topics.
+    /// The output topics.
     pub fn outputs(&self) -> Vec<String> {
         vec![self.inventory_updates(), self.stock_alerts(), self.dlq()]
     }
 
-    /// All six topics: the three inputs, then the three outputs.
+    /// All topics: the inputs, then the outputs.
     pub fn all(&self) -> Vec<String> {
         let mut v: Vec<String> = EventKind::ALL.iter().map(|k| self.input(*k)).collect();
         v.extend(self.outputs());
@@ -422,28 +498,33 @@ impl TopicNames {
     }
 }
 
-/// The contract's JSON form of an event, field by field.
-#[derive(Serialize)]
-struct WireEvent<'a> {
-    event_id: &'a str,
-    event_type: &'static str,
-    occurred_at: String,
-    product_id: &'a str,
-    quantity: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    order_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    customer_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    store_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    restock_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    supplier_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit_price: Option<Box<serde_json::value::RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit_cost: Option<Box<serde_json::value::RawValue>>,
+/// The contract's JSON form of an event: the common fields, then the
+/// kind's own ([`EventKind::fields`]).
+struct WireEvent<'a>(&'a Event);
+
+impl Serialize for WireEvent<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let event = self.0;
+        let kind = event.kind();
+        let names = kind.fields();
+        let (reference, party, money) = event.detail.parts();
+        let mut map = serializer.serialize_map(Some(8))?;
+        map.serialize_entry("event_id", &event.event_id)?;
+        map.serialize_entry("event_type", kind.event_type())?;
+        map.serialize_entry(
+            "occurred_at",
+            &event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )?;
+        map.serialize_entry("product_id", &event.product_id)?;
+        map.serialize_entry("quantity", &event.quantity)?;
+        map.serialize_entry(names.reference, reference)?;
+        map.serialize_entry(names.party, party)?;
+        if let Some(literal) = money_literal(money) {
+            map.serialize_entry(names.money, &literal)?;
+        }
+        map.end()
+    }
 }
 
 /// A decimal as a JSON number literal in plain notation (never via `f64`).
@@ -455,37 +536,100 @@ impl Event {
     /// The event as the contract's JSON message value, with `occurred_at` in
     /// UTC with milliseconds and money as plain decimal literals.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut w = WireEvent {
-            event_id: &self.event_id,
-            event_type: self.kind().event_type(),
-            occurred_at: self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            product_id: &self.product_id,
-            quantity: self.quantity,
-            order_id: None,
-            customer_id: None,
-            store_id: None,
-            restock_id: None,
-            supplier_id: None,
-            unit_price: None,
-            unit_cost: None,
-        };
-        match &self.detail {
-            EventDetail::OnlineOrder { order_id, customer_id, unit_price } => {
-                w.order_id = Some(order_id);
-                w.customer_id = Some(customer_id);
-                w.unit_price = money_literal(unit_price);
+        serde_json::to_vec(&WireEvent(self)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::decode;
+
+    /// Each kind's declaration, in the contract's words (its README's topic
+    /// table, the kind's fields, its effect on inventory): a new kind adds
+    /// its row here.
+    const CONTRACT: [(&str, &str, [&str; 3], i64, Option<&str>); 3] = [
+        ("online_order", "online_orders", ["order_id", "customer_id", "unit_price"], -1, Some("online")),
+        ("store_sale", "store_sales", ["order_id", "store_id", "unit_price"], -1, Some("store")),
+        ("supplier_restock", "supplier_restocks", ["restock_id", "supplier_id", "unit_cost"], 1, None),
+    ];
+
+    #[test]
+    fn kinds_are_declared_as_the_contract_says() {
+        assert_eq!(EventKind::ALL.len(), CONTRACT.len(), "every kind in ALL and in CONTRACT");
+        for (i, kind) in EventKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i, "ALL is in index order");
+            let f = kind.fields();
+            let declared = (
+                kind.event_type(),
+                kind.topic(),
+                [f.reference, f.party, f.money],
+                kind.stock_sign(),
+                kind.sale_source().map(SaleSource::as_str),
+            );
+            assert_eq!(declared, CONTRACT[i], "{kind:?}");
+            assert_eq!(EventKind::from_event_type(kind.event_type()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips_with_its_effect() {
+        let at = DateTime::from_timestamp(1_795_000_000, 123_000_000).unwrap_or_default();
+        for kind in EventKind::ALL {
+            let detail = EventDetail::new(kind, "r-1".into(), "S1".into(), Decimal::new(450, 2));
+            let event = Event {
+                event_id: "e1".into(),
+                occurred_at: at,
+                product_id: "P1".into(),
+                quantity: 3,
+                detail,
+            };
+            assert_eq!(event.kind(), kind);
+            assert_eq!(event.detail.parts(), ("r-1", "S1", &Decimal::new(450, 2)));
+            assert_eq!(event.delta(), 3 * kind.stock_sign());
+            let f = kind.fields();
+            assert_eq!(event.supplier_id(), (f.party == "supplier_id").then_some("S1"), "{kind:?}");
+            let sale = event.sale();
+            assert_eq!(sale.map(|s| s.source), kind.sale_source());
+            assert_eq!(event.revenue(), sale.map(|_| Decimal::new(1350, 2)));
+            assert_eq!(event.revenue_cents(), if sale.is_some() { 1350 } else { 0 });
+
+            // The JSON form holds the common fields and the kind's own, by name.
+            let json = event.to_json();
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&json).expect("JSON");
+            let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            let mut expected = vec![
+                "event_id",
+                "event_type",
+                "occurred_at",
+                "product_id",
+                "quantity",
+                f.reference,
+                f.party,
+                f.money,
+            ];
+            expected.sort_unstable();
+            assert_eq!(keys, expected, "{kind:?}");
+            let text = String::from_utf8_lossy(&json);
+            assert!(text.contains(&format!(r#""{}":4.50"#, f.money)), "money exactly: {text}");
+
+            // It reads back as the same event, on its own topic only.
+            let again = decode(kind, Some(&json)).expect("valid by the contract");
+            assert_eq!(again, event);
+            assert_eq!(again.content_hash(), event.content_hash());
+            for other in EventKind::ALL.into_iter().filter(|k| *k != kind) {
+                let code = decode(other, Some(&json)).err().map(|r| r.code);
+                assert_eq!(code, Some(ErrorCode::WrongTopic), "{kind:?} on {other:?}'s topic");
             }
-            EventDetail::StoreSale { order_id, store_id, unit_price } => {
-                w.order_id = Some(order_id);
-                w.store_id = Some(store_id);
-                w.unit_price = money_literal(unit_price);
-            }
-            EventDetail::SupplierRestock { restock_id, supplier_id, unit_cost } => {
-                w.restock_id = Some(restock_id);
-                w.supplier_id = Some(supplier_id);
-                w.unit_cost = money_literal(unit_cost);
+            for own in [f.reference, f.party, f.money] {
+                let mut without = map.clone();
+                without.remove(own);
+                let bytes = serde_json::to_vec(&without).expect("JSON");
+                let code = decode(kind, Some(&bytes)).err().map(|r| r.code);
+                assert_eq!(code, Some(ErrorCode::SchemaViolation), "{kind:?} without {own}");
             }
         }
-        serde_json::to_vec(&w).unwrap_or_default()
     }
 }

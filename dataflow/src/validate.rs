@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::model::{ErrorCode, Event, EventDetail, EventKind, Rejection};
@@ -24,33 +25,111 @@ pub const MAX_ID_CHARS: usize = 128;
 /// Largest quantity the contract allows.
 pub const MAX_QUANTITY: u32 = 1_000_000;
 
-/// Every field the contract names; unknown fields are ignored.
-#[derive(Deserialize)]
+/// The common fields every kind has, in the order `check` reads them.
+const COMMON: [&str; 5] = ["event_id", "event_type", "occurred_at", "product_id", "quantity"];
+
+/// Most field names the contract can name: the common ones and three per kind.
+const MAX_NAMES: usize = COMMON.len() + 3 * EventKind::ALL.len();
+
+/// Every field name the contract names, each once: [`COMMON`] first (so
+/// their slots are `0..5`), then each kind's own ([`EventKind::fields`]).
+/// Also each kind's own fields as slots in that list.
+struct Names {
+    names: Vec<&'static str>,
+    own: [[usize; 3]; EventKind::ALL.len()],
+}
+
+fn names() -> &'static Names {
+    static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut names: Vec<&'static str> = COMMON.to_vec();
+        let mut slot = |name: &'static str| match names.iter().position(|n| *n == name) {
+            Some(i) => i,
+            None => {
+                names.push(name);
+                names.len() - 1
+            }
+        };
+        let own = EventKind::ALL.map(|k| {
+            let f = k.fields();
+            [slot(f.reference), slot(f.party), slot(f.money)]
+        });
+        Names { names, own }
+    })
+}
+
+/// The raw value of every field the contract names (by slot in [`names`]);
+/// unknown fields are ignored, a named field given twice is an error.
 struct RawFields<'a> {
-    #[serde(borrow)]
-    event_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    event_type: Option<&'a RawValue>,
-    #[serde(borrow)]
-    occurred_at: Option<&'a RawValue>,
-    #[serde(borrow)]
-    product_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    quantity: Option<&'a RawValue>,
-    #[serde(borrow)]
-    order_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    customer_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    store_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    unit_price: Option<&'a RawValue>,
-    #[serde(borrow)]
-    restock_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    supplier_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    unit_cost: Option<&'a RawValue>,
+    slots: [Option<&'a RawValue>; MAX_NAMES],
+}
+
+impl<'a> RawFields<'a> {
+    fn common(&self, i: usize) -> Option<&'a RawValue> {
+        self.slots[i]
+    }
+
+    /// `kind`'s own three fields, in the order of [`EventKind::fields`].
+    fn own(&self, kind: EventKind) -> [Option<&'a RawValue>; 3] {
+        names().own[kind.index()].map(|i| self.slots[i])
+    }
+}
+
+impl<'de> Deserialize<'de> for RawFields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = RawFields<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = RawFields { slots: [None; MAX_NAMES] };
+        let mut seen = [false; MAX_NAMES];
+        while let Some(key) = map.next_key_seed(NameSeed)? {
+            match key {
+                Some(i) if seen[i] => return Err(A::Error::duplicate_field(names().names[i])),
+                Some(i) => {
+                    seen[i] = true;
+                    fields.slots[i] = map.next_value()?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// Reads an object key as its slot in [`names`] (`None`: not a contract field).
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for NameSeed {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(names().names.iter().position(|n| *n == key))
+    }
 }
 
 /// A JSON number literal, split into its parts, not yet interpreted.
@@ -99,7 +178,7 @@ struct Checker<'a> {
 impl<'a> Checker<'a> {
     fn violation(&self, detail: String) -> Rejection {
         // The id is read again only on this (rare) path.
-        Rejection::new(ErrorCode::SchemaViolation, detail, peek_event_id(self.fields.event_id))
+        Rejection::new(ErrorCode::SchemaViolation, detail, peek_event_id(self.fields.common(0)))
     }
 
     fn string(&self, name: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Rejection> {
@@ -182,14 +261,16 @@ pub fn decode(topic_kind: EventKind, value: Option<&[u8]>) -> Result<Event, Reje
 fn check(topic_kind: EventKind, c: &Checker<'_>) -> Result<Event, Rejection> {
     let f = &c.fields;
     // schema_violation: the common fields first, then the named type's own.
-    let event_id = c.id("event_id", f.event_id)?;
-    let event_type = c.string("event_type", f.event_type)?;
-    let occurred_text = c.string("occurred_at", f.occurred_at)?;
+    let [event_id, event_type, occurred_at, product_id, quantity] =
+        [0, 1, 2, 3, 4].map(|i| (COMMON[i], f.common(i)));
+    let event_id = c.id(event_id.0, event_id.1)?;
+    let event_type = c.string(event_type.0, event_type.1)?;
+    let occurred_text = c.string(occurred_at.0, occurred_at.1)?;
     let occurred_at = DateTime::parse_from_rfc3339(&occurred_text)
         .map_err(|e| c.violation(format!("field `occurred_at` is not an RFC 3339 timestamp: {e}")))?
         .with_timezone(&Utc);
-    let product_id = c.id("product_id", f.product_id)?;
-    let quantity = c.number("quantity", f.quantity)?;
+    let product_id = c.id(product_id.0, product_id.1)?;
+    let quantity = c.number(quantity.0, quantity.1)?;
     if quantity.frac.is_some() || quantity.has_exponent {
         return Err(
             c.violation("field `quantity` must be an integer literal (no fraction, no exponent)".into())
@@ -197,21 +278,15 @@ fn check(topic_kind: EventKind, c: &Checker<'_>) -> Result<Event, Rejection> {
     }
     let named = EventKind::from_event_type(&event_type);
     let detail_fields = match named {
-        Some(EventKind::OnlineOrder) => Some((
-            c.id("order_id", f.order_id)?,
-            c.id("customer_id", f.customer_id)?,
-            ("unit_price", c.number("unit_price", f.unit_price)?),
-        )),
-        Some(EventKind::StoreSale) => Some((
-            c.id("order_id", f.order_id)?,
-            c.id("store_id", f.store_id)?,
-            ("unit_price", c.number("unit_price", f.unit_price)?),
-        )),
-        Some(EventKind::SupplierRestock) => Some((
-            c.id("restock_id", f.restock_id)?,
-            c.id("supplier_id", f.supplier_id)?,
-            ("unit_cost", c.number("unit_cost", f.unit_cost)?),
-        )),
+        Some(kind) => {
+            let names = kind.fields();
+            let [reference, party, money] = f.own(kind);
+            Some((
+                c.id(names.reference, reference)?,
+                c.id(names.party, party)?,
+                (names.money, c.number(names.money, money)?),
+            ))
+        }
         None => None,
     };
     if let Some((_, _, (name, money))) = &detail_fields
@@ -279,17 +354,7 @@ fn check(topic_kind: EventKind, c: &Checker<'_>) -> Result<Event, Rejection> {
         ));
     }
 
-    let detail = match kind {
-        EventKind::OnlineOrder => {
-            EventDetail::OnlineOrder { order_id: ref_id, customer_id: party_id, unit_price: amount }
-        }
-        EventKind::StoreSale => {
-            EventDetail::StoreSale { order_id: ref_id, store_id: party_id, unit_price: amount }
-        }
-        EventKind::SupplierRestock => {
-            EventDetail::SupplierRestock { restock_id: ref_id, supplier_id: party_id, unit_cost: amount }
-        }
-    };
+    let detail = EventDetail::new(kind, ref_id, party_id, amount);
     Ok(Event { event_id, occurred_at, product_id, quantity, detail })
 }
 
@@ -334,6 +399,30 @@ mod tests {
         assert_eq!(e.delta(), -2);
         assert_eq!(e.revenue(), Some(Decimal::new(1020, 2)));
         assert_eq!(e.occurred_at.to_rfc3339(), "2026-11-25T14:03:07.123+00:00");
+    }
+
+    #[test]
+    fn keys_are_read_by_name_once() {
+        let dup = |field: &str, first: &str| ORDER.replacen('{', &format!("{{\"{field}\":{first},"), 1);
+        // A contract field given twice breaks the schema, even if first null.
+        assert_eq!(code(EventKind::OnlineOrder, &dup("quantity", "2")), Some(ErrorCode::SchemaViolation));
+        assert_eq!(
+            code(EventKind::OnlineOrder, &dup("unit_price", "null")),
+            Some(ErrorCode::SchemaViolation)
+        );
+        // So does another kind's field: every name the contract uses is known.
+        let twice_cost = ORDER.replacen('{', r#"{"unit_cost":1,"unit_cost":2,"#, 1);
+        assert_eq!(code(EventKind::OnlineOrder, &twice_cost), Some(ErrorCode::SchemaViolation));
+        // Unknown fields are ignored, twice or not.
+        let extra = ORDER.replacen('{', r#"{"note":1,"note":"x","#, 1);
+        assert_eq!(decode(EventKind::OnlineOrder, Some(extra.as_bytes())).ok(), decode_ok(ORDER));
+        // An escaped key is the name it spells.
+        let escaped = ORDER.replace(r#""order_id""#, r#""order\u005fid""#);
+        assert_eq!(decode(EventKind::OnlineOrder, Some(escaped.as_bytes())).ok(), decode_ok(ORDER));
+    }
+
+    fn decode_ok(v: &str) -> Option<Event> {
+        Some(decode(EventKind::OnlineOrder, Some(v.as_bytes())).expect("valid"))
     }
 
     #[test]

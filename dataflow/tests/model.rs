@@ -52,18 +52,17 @@ impl Gen {
         let (id, at, p, q) =
             (self.id, format!("2026-11-20T{:02}:15:00Z", self.hour), self.product, self.quantity);
         let price = format!("{}.{:02}", self.cents / 100, self.cents % 100);
-        match self.kind {
-            EventKind::OnlineOrder => format!(
-                r#"{{"event_id":"e{id}","event_type":"online_order","occurred_at":"{at}","product_id":"{p}","quantity":{q},"order_id":"o{id}","customer_id":"c","unit_price":{price}}}"#
-            ),
-            EventKind::StoreSale => format!(
-                r#"{{"event_id":"e{id}","event_type":"store_sale","occurred_at":"{at}","product_id":"{p}","quantity":{q},"order_id":"o{id}","store_id":"st","unit_price":{price}}}"#
-            ),
-            EventKind::SupplierRestock => format!(
-                r#"{{"event_id":"e{id}","event_type":"supplier_restock","occurred_at":"{at}","product_id":"{p}","quantity":{q},"restock_id":"r{id}","supplier_id":"{}","unit_cost":{price}}}"#,
-                self.supplier
-            ),
-        }
+        // The kind's own fields by their contract names; the supplier (the
+        // `unknown_supplier` rule's field) is the generated one.
+        let f = self.kind.fields();
+        let party = if f.party == "supplier_id" { self.supplier } else { "c" };
+        format!(
+            r#"{{"event_id":"e{id}","event_type":"{}","occurred_at":"{at}","product_id":"{p}","quantity":{q},"{}":"r{id}","{}":"{party}","{}":{price}}}"#,
+            self.kind.event_type(),
+            f.reference,
+            f.party,
+            f.money
+        )
     }
 }
 
@@ -153,7 +152,7 @@ fn model(epochs: &[Vec<(i64, Gen)>], changes: &[Vec<Change>]) -> Tables {
                 Some("invalid_quantity")
             } else if !products.contains(&g.product) {
                 Some("unknown_product")
-            } else if g.kind == EventKind::SupplierRestock && !(supplier && g.supplier == "S1") {
+            } else if g.kind.fields().party == "supplier_id" && !(supplier && g.supplier == "S1") {
                 Some("unknown_supplier")
             } else {
                 match applied.get(&g.id) {

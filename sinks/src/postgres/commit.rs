@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use dataflow::records::{EpochBatch, Outcome, RawMessage, SalesSums};
-use dataflow::{EventDetail, TopicNames};
+use dataflow::{SaleSource, TopicNames};
 use futures_util::pin_mut;
 use rust_decimal::Decimal;
 use tokio_postgres::Client;
@@ -582,24 +582,22 @@ async fn copy_orders(tx: &tokio_postgres::Transaction<'_>, batch: &EpochBatch) -
     pin_mut!(writer);
     for o in &batch.outcomes {
         let Outcome::Applied { event, .. } = o else { continue };
-        let (order_id, price, source, customer, store) = match &event.detail {
-            EventDetail::OnlineOrder { order_id, customer_id, unit_price } => {
-                (order_id, unit_price, "online", Some(customer_id.as_str()), None)
-            }
-            EventDetail::StoreSale { order_id, store_id, unit_price } => {
-                (order_id, unit_price, "store", None, Some(store_id.as_str()))
-            }
-            EventDetail::SupplierRestock { .. } => continue,
+        let Some(sale) = event.sale() else { continue };
+        // The party is the buyer online and the selling store in a store.
+        let (customer, store) = match sale.source {
+            SaleSource::Online => (Some(sale.party), None),
+            SaleSource::Store => (None, Some(sale.party)),
         };
+        let source = sale.source.as_str();
         let quantity = event.quantity as i32;
         writer
             .as_mut()
             .write(&[
                 &event.event_id,
-                order_id,
+                &sale.order_id,
                 &event.product_id,
                 &quantity,
-                price,
+                sale.unit_price,
                 &source,
                 &customer,
                 &store,

@@ -1,5 +1,6 @@
-//! Simulated upstream systems: the web shop, the store tills and the
-//! suppliers, each a type behind [`UpstreamSystem`].
+//! Simulated upstream systems, one per kind of event (the web shop, the
+//! store tills, the suppliers; `systems::upstream` picks them), each a type
+//! behind [`UpstreamSystem`].
 //!
 //! A [`Simulation`] owns them and a shared [`Market`] (catalog, product
 //! popularity, the stock the upstream world believes in) and yields contract
@@ -21,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use clock::DiurnalClock;
-pub use systems::{StoreTills, Suppliers, UpstreamSystem, WebShop};
+pub use systems::UpstreamSystem;
 
 /// Why a simulation cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -159,21 +160,12 @@ pub struct Simulation {
 /// How many recent messages are kept as candidates for duplicates.
 const RECENT: usize = 2_000;
 
-/// The simulated system that writes each input topic (a new kind of event
-/// needs one here).
-fn upstream(kind: EventKind) -> Box<dyn UpstreamSystem> {
-    match kind {
-        EventKind::OnlineOrder => Box::new(WebShop),
-        EventKind::StoreSale => Box::new(StoreTills::new(12)),
-        EventKind::SupplierRestock => Box::new(Suppliers),
-    }
-}
-
 impl Simulation {
     /// A simulation over `catalog`, which must hold at least one product.
     pub fn new(catalog: Catalog, options: SimOptions) -> Result<Self, SimError> {
         let market = Market::new(catalog, options.seed)?;
-        let systems: Vec<Box<dyn UpstreamSystem>> = EventKind::ALL.into_iter().map(upstream).collect();
+        let systems: Vec<Box<dyn UpstreamSystem>> =
+            EventKind::ALL.into_iter().map(systems::upstream).collect();
         let mix = WeightedIndex::new(systems.iter().map(|s| s.share())).expect("positive shares");
         let clock = options.count.map(|_| DiurnalClock::new(options.start, options.days.max(1e-6)));
         Ok(Simulation {
@@ -236,5 +228,32 @@ impl Iterator for Simulation {
             Some(n) if self.produced >= n => None,
             _ => Some(self.next_message()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_produced_valid_and_books_its_effect() {
+        let options = SimOptions {
+            seed: 7,
+            count: Some(3_000),
+            start: DateTime::from_timestamp(1_795_000_000, 0).unwrap_or_default(),
+            days: 1.0,
+            duplicate_ratio: 0.0,
+            invalid_ratio: 0.0,
+        };
+        let sim = Simulation::new(catalog::generate(50, 5), options).expect("a catalog");
+        let mut per_kind = [0u32; EventKind::ALL.len()];
+        for m in sim {
+            assert_eq!(m.expect, Expect::Applied);
+            let e = dataflow::validate::decode(m.kind, Some(&m.value)).expect("valid by the contract");
+            assert_eq!(e.kind(), m.kind);
+            assert_eq!(m.key.as_deref(), Some(e.product_id.as_str()));
+            per_kind[m.kind.index()] += 1;
+        }
+        assert!(per_kind.iter().all(|n| *n > 0), "every kind speaks: {per_kind:?}");
     }
 }

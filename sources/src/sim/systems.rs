@@ -1,4 +1,5 @@
-//! The three simulated upstream systems and the invalid-message injector.
+//! The simulated upstream systems, one per kind of event ([`upstream`]),
+//! and the invalid-message injector.
 
 use std::collections::VecDeque;
 
@@ -17,6 +18,16 @@ pub trait UpstreamSystem: Send {
     fn share(&self) -> f64;
     /// Emits the next event at event time `at`, booking its effect in `market`.
     fn next_message(&mut self, market: &mut Market, at: DateTime<Utc>) -> SimMessage;
+}
+
+/// The simulated system that writes each input topic (a new kind of event
+/// needs one here).
+pub(super) fn upstream(kind: EventKind) -> Box<dyn UpstreamSystem> {
+    match kind {
+        EventKind::OnlineOrder => Box::new(WebShop),
+        EventKind::StoreSale => Box::new(StoreTills::new(12)),
+        EventKind::SupplierRestock => Box::new(Suppliers),
+    }
 }
 
 fn message(event: &Event) -> SimMessage {
