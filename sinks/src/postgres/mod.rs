@@ -11,7 +11,10 @@ mod state;
 pub mod view;
 
 pub use catalog::{SeedOutcome, load_catalog, seed_catalog};
-pub use commit::{CommitOutcome, StockAlert, StockLevel, batch_offsets, commit_epoch, raw_bytes, raw_text};
+pub use commit::{
+    CommitOutcome, StockAlert, StockLevel, UnpublishedRow, batch_offsets, commit_epoch, raw_bytes, raw_text,
+    unpublished_alerts, unpublished_rows,
+};
 pub use connect::{connect, redact_url};
 pub use history::{
     ArchiveReport, ArchivedFile, PARTITION_DAYS_AHEAD, archive, ensure_partitions, verify_archive,
@@ -21,7 +24,7 @@ pub use operator::{
     Difference, RedriveCandidate, reconcile, record_redrives, redrive_candidates, stock_as_of,
 };
 pub use state::{
-    PreloadedId, ProcessorStatus, Reference, UnpublishedRow, applied_hashes, last_committed_epoch,
-    last_logged, load_offsets, load_recent_applied, load_reference, low_count, published_epoch,
-    set_published_epoch, take_generation, unpublished_alerts, unpublished_rows, write_processor_status,
+    PreloadedId, ProcessorStatus, Reference, applied_hashes, last_committed_epoch, last_logged, load_offsets,
+    load_recent_applied, load_reference, low_count, published_epoch, set_published_epoch, take_generation,
+    write_processor_status,
 };

@@ -1,5 +1,6 @@
 //! Reading the processor's state back from PostgreSQL: where to resume,
-//! what is applied, the reference data, and what is left to publish.
+//! what is applied, the reference data. (What is left to publish is read
+//! back in `commit.rs`, beside what the commit writes.)
 
 use std::collections::HashMap;
 
@@ -7,7 +8,6 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use crate::SinkError;
-use crate::postgres::StockAlert;
 
 /// The next offset to read per `(topic, partition)`.
 pub async fn load_offsets(
@@ -224,111 +224,6 @@ pub async fn set_published_epoch(client: &Client, epoch: u64) -> Result<(), Sink
         .await
         .map_err(SinkError::pg("store stream_progress"))?;
     Ok(())
-}
-
-/// One `events_log` row of an epoch not yet published.
-#[derive(Debug, Clone)]
-pub struct UnpublishedRow {
-    /// Epoch it was committed in.
-    pub epoch: u64,
-    /// Event id (when known).
-    pub event_id: Option<String>,
-    /// Input topic name.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// `raw_event` and whether it is base64.
-    pub raw: Option<String>,
-    /// Whether `raw` is `base64:`-encoded.
-    pub raw_is_base64: bool,
-    /// The input message's key (kept for rejected messages).
-    pub key: Option<Vec<u8>>,
-    /// `applied` or `rejected`.
-    pub applied: bool,
-    /// Rejection code and detail.
-    pub error: Option<(String, String)>,
-    /// Applied: event type, product, delta, stock after, reorder level.
-    pub event_type: Option<String>,
-    /// Applied: product id.
-    pub product_id: Option<String>,
-    /// Applied: stock change.
-    pub delta: Option<i64>,
-    /// Applied: stock right after the commit.
-    pub quantity_after: Option<i64>,
-    /// Applied: whether `quantity_after` is low by the product's reorder
-    /// level now (`stock_is_low`).
-    pub low: Option<bool>,
-    /// Commit time.
-    pub processed_at: DateTime<Utc>,
-}
-
-/// Every row of the epochs after `after` up to `through`, in commit order.
-pub async fn unpublished_rows(
-    client: &Client,
-    after: u64,
-    through: u64,
-) -> Result<Vec<UnpublishedRow>, SinkError> {
-    let rows = client
-        .query(
-            "SELECT e.epoch, e.event_id, e.topic, e.kafka_partition, e.kafka_offset, e.raw_event, e.raw_is_base64, \
-                    e.status = 'applied', e.error_code, e.error_detail, e.event_type, e.product_id, e.delta, \
-                    e.quantity_after, stock_is_low(e.quantity_after, p.reorder_level), e.processed_at, e.kafka_key \
-             FROM events_log e LEFT JOIN products p USING (product_id) \
-             WHERE e.epoch > $1 AND e.epoch <= $2 ORDER BY e.epoch, e.log_id",
-            &[&epoch_param(after), &epoch_param(through)],
-        )
-        .await
-        .map_err(SinkError::pg("read unpublished epochs"))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let code: Option<String> = r.get(8);
-            let detail: Option<String> = r.get(9);
-            UnpublishedRow {
-                epoch: r.get::<_, i64>(0) as u64,
-                event_id: r.get(1),
-                topic: r.get(2),
-                partition: r.get(3),
-                offset: r.get(4),
-                raw: r.get(5),
-                raw_is_base64: r.get(6),
-                applied: r.get(7),
-                error: code.map(|c| (c, detail.unwrap_or_default())),
-                event_type: r.get(10),
-                product_id: r.get(11),
-                delta: r.get(12),
-                quantity_after: r.get(13),
-                low: r.get(14),
-                processed_at: r.get(15),
-                key: r.get(16),
-            }
-        })
-        .collect())
-}
-
-/// An epoch as a `bigint` parameter (`u64::MAX` reads as "no bound").
-fn epoch_param(epoch: u64) -> i64 {
-    i64::try_from(epoch).unwrap_or(i64::MAX)
-}
-
-/// The stock alerts of the epochs after `after` up to `through`, in commit
-/// order (by epoch, then product, as each commit raised them).
-pub async fn unpublished_alerts(
-    client: &Client,
-    after: u64,
-    through: u64,
-) -> Result<Vec<StockAlert>, SinkError> {
-    let rows = client
-        .query(
-            "SELECT epoch, alert_id, product_id, kind, quantity_on_hand, reorder_level, raised_at FROM stock_alerts \
-             WHERE epoch > $1 AND epoch <= $2 ORDER BY epoch, product_id COLLATE \"C\"",
-            &[&epoch_param(after), &epoch_param(through)],
-        )
-        .await
-        .map_err(SinkError::pg("read unpublished alerts"))?;
-    Ok(rows.iter().map(|r| StockAlert::from_row(r, 1)).collect())
 }
 
 /// What a running processor says about itself (table `processor_status`,
