@@ -86,6 +86,29 @@ async fn migrate_and_seed_are_idempotent_and_complete() {
     let env = TestEnv::new("schema").await;
     assert!(env.ok(&["migrate"]).contains("applied V1__init"));
     assert!(env.ok(&["migrate"]).contains("up to date"));
+    // event_kinds is the binary's model, one row per kind; migrate writes
+    // it back when a row is missing or differs, and keeps other kinds' rows.
+    let kinds_sql = "SELECT event_type, topic, coalesce(sale_source, '-') FROM event_kinds ORDER BY 1";
+    let mut model: Vec<String> = EventKind::ALL
+        .iter()
+        .map(|k| format!("{}|{}|{}", k.event_type(), k.topic(), k.sale_source().map_or("-", |s| s.as_str())))
+        .collect();
+    model.sort();
+    assert_eq!(env.rows(kinds_sql).await, model);
+    env.client()
+        .await
+        .batch_execute(
+            "DELETE FROM event_kinds WHERE event_type = 'store_sale'; \
+             UPDATE event_kinds SET sale_source = 'store' WHERE event_type = 'supplier_restock'; \
+             INSERT INTO event_kinds VALUES ('older_kind', 'older_kinds', NULL);",
+        )
+        .await
+        .unwrap();
+    assert!(env.ok(&["migrate"]).contains("up to date"));
+    let mut with_older = model.clone();
+    with_older.push("older_kind|older_kinds|-".into());
+    with_older.sort();
+    assert_eq!(env.rows(kinds_sql).await, with_older);
     let first = env.ok(&["seed", "--products", "120", "--suppliers", "9"]);
     assert!(first.contains("120 new products, 9 new suppliers, 120 new inventory rows"), "{first}");
     let client = env.client().await;

@@ -133,9 +133,27 @@ async fn archive_keeps_what_is_held_exact_and_the_files_hold_the_rest() {
         )
         .await;
 
-    // Archive the oldest day.
+    // A day to archive with an applied event of a kind event_kinds has no
+    // row for: refused in one line naming it, before anything is archived.
     let dir = tempfile_dir();
     let before_arg = day(1).to_string();
+    let client = env.client().await;
+    let mystery = env
+        .rows(&format!("SELECT log_id FROM {oldest_day} e WHERE status = 'applied' ORDER BY log_id LIMIT 1"))
+        .await
+        .remove(0);
+    let set_type = |t: &str| format!("UPDATE events_log SET event_type = {t} WHERE log_id = {mystery}");
+    let real_type =
+        env.rows(&format!("SELECT event_type FROM events_log WHERE log_id = {mystery}")).await.remove(0);
+    client.batch_execute(&set_type("'mystery'")).await.unwrap();
+    let refused = env.stockflow(&["archive", "--before", &before_arg, "--to", dir.to_str().unwrap()]);
+    common::assert_one_line_failure(&refused, "applied events of event_type `mystery`");
+    assert!(stderr(&refused).contains("nothing was archived"), "{}", stderr(&refused));
+    assert_eq!(env.count("SELECT count(*) FROM archived_partitions").await, 0);
+    assert_eq!(env.count("SELECT count(*) FROM archived_rollup").await, 0);
+    client.batch_execute(&set_type(&format!("'{real_type}'"))).await.unwrap();
+
+    // Archive the oldest day.
     let out = env.ok(&["archive", "--before", &before_arg, "--to", dir.to_str().unwrap()]);
     // The oldest day with rows, and the empty days the partitions were made for before it.
     assert!(out.starts_with("archive: 3 days archived"), "{out}");
@@ -159,7 +177,6 @@ async fn archive_keeps_what_is_held_exact_and_the_files_hold_the_rest() {
     let archived_count: i64 = archived_log[0].split('|').next().unwrap().parse().unwrap();
     assert_eq!(log_file["rows"].as_i64().unwrap(), archived_count);
     assert_eq!(file_of("orders")["rows"].as_i64().unwrap(), archived_orders);
-    let client = env.client().await;
     client.batch_execute("CREATE TABLE restored (LIKE events_log)").await.unwrap();
     let mut csv = Vec::new();
     flate2::read::MultiGzDecoder::new(

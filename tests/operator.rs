@@ -171,13 +171,58 @@ async fn reconcile_holds_on_a_clean_run_and_names_each_tampered_row() {
         env.rows("SELECT event_id, product_id FROM orders ORDER BY event_id LIMIT 1").await.remove(0);
     let (sale_id, sale_product) = sale_id.split_once('|').unwrap();
     client.execute("DELETE FROM orders WHERE event_id = $1", &[&sale_id]).await.unwrap();
+    let orders_out = env.stockflow(&["reconcile"]);
+    assert_eq!(orders_out.status.code(), Some(3));
+    assert!(
+        stdout(&orders_out)
+            .lines()
+            .any(|l| l.starts_with(&format!("orders product_id={sale_product}: missing=1"))),
+        "{}",
+        stdout(&orders_out)
+    );
+
+    // An applied event of a kind event_kinds has no row for (a restock,
+    // so no sales change): named as such, not counted as a sale.
+    let restock = env
+        .rows(
+            "SELECT log_id FROM events_log WHERE status = 'applied' AND event_type = 'supplier_restock' \
+             ORDER BY log_id LIMIT 1",
+        )
+        .await
+        .remove(0);
+    let mystery = format!("UPDATE events_log SET event_type = 'mystery' WHERE log_id = {restock}");
+    client.batch_execute(&mystery).await.unwrap();
     let out = env.stockflow(&["reconcile"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stdout(&out).lines().any(|l| l.starts_with(&format!("orders product_id={sale_product}: missing=1"))),
-        "{}",
-        stdout(&out)
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    let kinds: Vec<&String> = lines.iter().filter(|l| l.starts_with("event_kinds ")).collect();
+    assert_eq!(
+        kinds,
+        [
+            "event_kinds event_type=mystery: no row, expected a row (run `stockflow migrate` with the binary that wrote it)"
+        ],
+        "{lines:#?}"
     );
+    let others: Vec<&str> =
+        lines.iter().filter(|l| !l.starts_with("event_kinds ")).map(|l| l.as_str()).collect();
+    assert_eq!(others, stdout(&orders_out).lines().collect::<Vec<_>>(), "nothing else changes");
+    client
+        .batch_execute(&format!(
+            "UPDATE events_log SET event_type = 'supplier_restock' WHERE log_id = {restock}"
+        ))
+        .await
+        .unwrap();
+
+    // A kind of this binary missing from event_kinds: the processor
+    // refuses to start, in one line; migrate writes the row back.
+    client.batch_execute("DELETE FROM event_kinds WHERE event_type = 'store_sale'").await.unwrap();
+    let refused = env.stockflow(&["run", "--exit-when-idle", "1"]);
+    common::assert_one_line_failure(
+        &refused,
+        "event_kinds has no row for `store_sale` (run `stockflow migrate` with this binary)",
+    );
+    env.ok(&["migrate"]);
+    assert_eq!(env.count("SELECT count(*) FROM event_kinds WHERE event_type = 'store_sale'").await, 1);
 
     // Cannot do its job: one line, not exit 3.
     let mut bad = env.command(&["reconcile"]);

@@ -544,6 +544,9 @@ async fn open_start(
     // the state read below is final (its commits wait for the row lock, then
     // fail as fenced).
     let client = postgres::connect(&g.database_url).await?;
+    // The database must know this binary's kinds of event (the SQL tells
+    // sales by `event_kinds`), before this run fences an older one.
+    postgres::check_event_kinds(&client).await?;
     let generation = if args.process == 0 { Some(postgres::take_generation(&client).await?) } else { None };
     let published = postgres::published_epoch(&client).await?;
     let input_topics: Vec<String> = EventKind::ALL.iter().map(|k| topics.input(*k)).collect();

@@ -6,7 +6,9 @@
 //! against writers, `COPY` them out to `.csv.gz` files (written to a
 //! `.part` name, read back, row count and SHA-256 checked, then renamed and
 //! synced), add the day's applied events to `archived_rollup` (the sums
-//! reconcile and stock-as-of need), record the files in
+//! reconcile and stock-as-of need, sales told by `event_kinds`: a day with
+//! an applied event_type it has no row for is refused before anything is
+//! written), record the files in
 //! `archived_partitions`, detach and drop both partitions, commit. A crash
 //! anywhere leaves either the day held (its files at most half written, and
 //! rewritten by the next run) or the day archived with its files on disk.
@@ -20,7 +22,7 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::SinkError;
 
@@ -105,6 +107,10 @@ pub async fn archive(client: &mut Client, before: NaiveDate, dir: &Path) -> Resu
         std::fs::create_dir_all(dir.join(table))
             .map_err(|e| SinkError::Config(format!("cannot create {}: {e}", dir.join(table).display())))?;
     }
+    // The rollup tells sales by event_kinds: a day with an applied event of
+    // a kind it has no row for could not be summed rightly.
+    let held_end = before.and_time(chrono::NaiveTime::MIN).and_utc();
+    refuse_unknown_kinds(&*client, "events_log", Some(held_end), "nothing was archived").await?;
     let location = dir.display().to_string();
     let mut files = Vec::new();
     for day in days {
@@ -194,6 +200,10 @@ async fn archive_day(
             .await
             .map_err(SinkError::pg("lock a partition to archive"))?;
     }
+    // The rollup tells sales by event_kinds (checked for every day at the
+    // start; again here, under the lock, in case a row went meanwhile).
+    refuse_unknown_kinds(&tx, &format!("events_log_{tag}"), None, &format!("day {day} was not archived"))
+        .await?;
     let mut files = Vec::new();
     for (table, partition) in TABLES.iter().zip(&partitions) {
         let rel = format!("{table}/{partition}.csv.gz");
@@ -218,20 +228,21 @@ async fn archive_day(
         files.push(ArchivedFile { table: table.to_string(), day, file: rel, rows, sha256 });
     }
     // The day's applied events, summed at the grain reconcile and
-    // stock-as-of need (orders of the same commit are in the same day).
+    // stock-as-of need (orders of the same commit are in the same day);
+    // kind is the sale source from event_kinds, 'none' for other events
+    // (every applied event_type has a row: checked above, under the lock).
     tx.execute(
         &format!(
             "INSERT INTO archived_rollup AS a (product_id, kind, ev_hour, commit_hour, delta, events, revenue, \
                                                no_order, first_occurred_at, last_occurred_at) \
-             SELECT e.product_id, \
-                    CASE e.event_type WHEN 'online_order' THEN 'online' WHEN 'store_sale' THEN 'store' \
-                                      ELSE 'restock' END, \
+             SELECT e.product_id, coalesce(k.sale_source, 'none'), \
                     date_trunc('hour', e.occurred_at, 'UTC'), date_trunc('hour', e.processed_at, 'UTC'), \
                     sum(e.delta), count(*), sum(-e.delta * o.unit_price), \
-                    count(*) FILTER (WHERE e.event_type <> 'supplier_restock' AND o.event_id IS NULL), \
+                    count(*) FILTER (WHERE k.sale_source IS NOT NULL AND o.event_id IS NULL), \
                     min(e.occurred_at), max(e.occurred_at) \
              FROM events_log_{tag} e \
-             LEFT JOIN orders_{tag} o ON o.event_id = e.event_id AND e.event_type <> 'supplier_restock' \
+             LEFT JOIN event_kinds k ON k.event_type = e.event_type \
+             LEFT JOIN orders_{tag} o ON o.event_id = e.event_id AND k.sale_source IS NOT NULL \
              WHERE e.status = 'applied' GROUP BY 1, 2, 3, 4 \
              ON CONFLICT (product_id, kind, ev_hour, commit_hour) DO UPDATE SET \
                 delta = a.delta + EXCLUDED.delta, events = a.events + EXCLUDED.events, \
@@ -273,6 +284,46 @@ async fn archive_day(
     tx.commit().await.map_err(SinkError::pg("commit the archived day"))?;
     tracing::info!(%day, events_log_rows = files[0].rows, orders_rows = files[1].rows, "day archived");
     Ok(files)
+}
+
+/// Fails, with one line naming them, when applied events of `relation`
+/// (committed before `before`, if given) have an event_type that
+/// `event_kinds` has no row for; `outcome` says what was left undone.
+async fn refuse_unknown_kinds(
+    c: &impl GenericClient,
+    relation: &str,
+    before: Option<chrono::DateTime<chrono::Utc>>,
+    outcome: &str,
+) -> Result<(), SinkError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT e.event_type, min((e.processed_at AT TIME ZONE 'UTC')::date) FROM {relation} e \
+                 LEFT JOIN event_kinds k ON k.event_type = e.event_type \
+                 WHERE e.status = 'applied' AND k.event_type IS NULL \
+                   AND ($1::timestamptz IS NULL OR e.processed_at < $1) \
+                 GROUP BY 1 ORDER BY 1"
+            ),
+            &[&before],
+        )
+        .await
+        .map_err(SinkError::pg("look up the archived events' types in event_kinds"))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let t: Option<String> = r.get(0);
+            let first: NaiveDate = r.get(1);
+            format!("{} (first committed on {first})", t.map_or("NULL".into(), |t| format!("`{t}`")))
+        })
+        .collect();
+    Err(SinkError::Config(format!(
+        "cannot archive: applied events of event_type {} have no event_kinds row (run `stockflow migrate` \
+         with the binary that wrote them); {outcome}",
+        named.join(", ")
+    )))
 }
 
 fn part_path(path: &Path) -> PathBuf {

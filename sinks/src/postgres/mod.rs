@@ -19,7 +19,7 @@ pub use connect::{connect, redact_url};
 pub use history::{
     ArchiveReport, ArchivedFile, PARTITION_DAYS_AHEAD, archive, ensure_partitions, verify_archive,
 };
-pub use migrate::{grant_roles, migrate};
+pub use migrate::{check_event_kinds, grant_roles, migrate};
 pub use operator::{
     Difference, RedriveCandidate, reconcile, record_redrives, redrive_candidates, stock_as_of,
 };

@@ -54,6 +54,10 @@ REVOKE EXECUTE ON FUNCTION stockflow_ensure_partitions(date, date) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION stockflow_ensure_partitions(date, date) TO stockflow_processor;
 GRANT SELECT ON archived_partitions TO stockflow_processor;
 
+-- The processor checks at start that event_kinds has its model's kinds
+-- (migration V8; `stockflow migrate` writes it).
+GRANT SELECT ON event_kinds TO stockflow_processor;
+
 -- Reporting: everything, read; the reports, written.
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO stockflow_reporting;
 GRANT INSERT, UPDATE ON reports TO stockflow_reporting;
