@@ -39,6 +39,19 @@ struct Names {
     own: [[usize; 3]; EventKind::ALL.len()],
 }
 
+impl Names {
+    /// The slot of the field named `key`, if the contract names it, tried
+    /// from slot `from` on (then from the start). Every key of every
+    /// message is looked up here; writers put the fields in the contract's
+    /// order, which is the order of the slots within a kind, so starting
+    /// after the previous key's slot mostly finds a key at the first try.
+    fn slot(&self, key: &str, from: usize) -> Option<usize> {
+        let from = from.min(self.names.len());
+        let found = |range: std::ops::Range<usize>| range.into_iter().find(|&i| self.names[i] == key);
+        found(from..self.names.len()).or_else(|| found(0..from))
+    }
+}
+
 fn names() -> &'static Names {
     static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
@@ -91,13 +104,16 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let names = names();
         let mut fields = RawFields { slots: [None; MAX_NAMES] };
         let mut seen = [false; MAX_NAMES];
-        while let Some(key) = map.next_key_seed(NameSeed)? {
+        let mut next = 0;
+        while let Some(key) = map.next_key_seed(NameSeed { names, from: next })? {
             match key {
-                Some(i) if seen[i] => return Err(A::Error::duplicate_field(names().names[i])),
+                Some(i) if seen[i] => return Err(A::Error::duplicate_field(names.names[i])),
                 Some(i) => {
                     seen[i] = true;
+                    next = i + 1;
                     fields.slots[i] = map.next_value()?;
                 }
                 None => {
@@ -109,12 +125,17 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 }
 
-/// Reads an object key as its slot in [`names`] (`None`: not a contract field).
-struct NameSeed;
+/// Reads an object key as its slot in [`names`] (`None`: not a contract
+/// field), trying slot `from` first.
+struct NameSeed {
+    names: &'static Names,
+    from: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for NameSeed {
     type Value = Option<usize>;
 
+    #[inline]
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_identifier(self)
     }
@@ -127,8 +148,9 @@ impl Visitor<'_> for NameSeed {
         f.write_str("a field name")
     }
 
+    #[inline]
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(names().names.iter().position(|n| *n == key))
+        Ok(self.names.slot(key, self.from))
     }
 }
 
