@@ -545,12 +545,12 @@ mod tests {
     use super::*;
     use crate::validate::decode;
 
-    /// Each kind's declaration, in the contract's words (its README's topic
-    /// table, the kind's fields, its effect on inventory): a new kind adds
-    /// its row here.
     /// `event_type`, topic, own fields, stock sign, sale source.
     type Declaration = (&'static str, &'static str, [&'static str; 3], i64, Option<&'static str>);
 
+    /// Each kind's declaration, in the contract's words (its README's topic
+    /// table, the kind's fields, its effect on inventory): a new kind adds
+    /// its row here.
     const CONTRACT: [Declaration; 3] = [
         ("online_order", "online_orders", ["order_id", "customer_id", "unit_price"], -1, Some("online")),
         ("store_sale", "store_sales", ["order_id", "store_id", "unit_price"], -1, Some("store")),
