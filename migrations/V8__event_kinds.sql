@@ -49,7 +49,7 @@ CREATE OR REPLACE FUNCTION reconcile_differences()
         -- check needs, plus the archived events' sums at the same grain.
         -- The held events are summed per event_type first (each day's
         -- partitions by themselves), then told sale or not by event_kinds:
-        -- joining the three-row table to every event instead would put the
+        -- joining that small table to every event instead would put the
         -- join above the partitions' and the sums after it. `unknown_type`
         -- is an event_type that event_kinds lacks (NULL for every known one).
         SELECT product_id, source, unknown_type, ev_hour, commit_hour, sum(delta) AS delta,
